@@ -1,0 +1,35 @@
+# Quick start: `make run` (set up, then segment the demo customers) and `make test` (set up, then test).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_CUSTOMERS ?= 20000
+
+.PHONY: setup run test lint clean
+
+$(BIN)/activate:
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "segspark needs Python 3.11+"'
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall only when the dependencies change.
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/activate
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+data/demo/customers.parquet: | $(VENV)/.installed
+	$(BIN)/segspark generate --customers $(DEMO_CUSTOMERS) --out data/demo --seed 7
+
+run: setup data/demo/customers.parquet
+	$(BIN)/segspark run --config conf/local.yaml
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check segspark jobs scripts tests
+	$(BIN)/ruff format --check segspark jobs scripts tests
+
+clean:
+	rm -rf $(VENV) data lake build dist *.egg-info .pytest_cache

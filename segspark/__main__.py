@@ -1,0 +1,3 @@
+from segspark.cli import main
+
+raise SystemExit(main())

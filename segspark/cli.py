@@ -1,0 +1,96 @@
+"""The command line: ``segspark run | generate``; ``python -m segspark`` is the same."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+from segspark import __version__
+from segspark.errors import SegsparkError
+
+log = logging.getLogger("segspark")
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segspark", description="Customer segmentation on Apache Spark.")
+    parser.add_argument("--version", action="version", version=f"segspark {__version__}")
+    parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="segment customers and publish the run to the lake")
+    run.add_argument("--config", required=True, help="YAML settings file (see conf/local.yaml)")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting, e.g. --set model.k=5 (repeatable)",
+    )
+
+    generate = commands.add_parser("generate", help="write synthetic customers with known segments")
+    generate.add_argument("--customers", type=int, required=True, metavar="N", help="number of customers")
+    generate.add_argument("--out", required=True, metavar="DIR", help="folder to write into")
+    generate.add_argument("--seed", type=int, default=7)
+    generate.add_argument("--format", choices=["parquet", "csv"], default="parquet")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format=LOG_FORMAT, stream=sys.stderr
+    )
+    try:
+        return COMMANDS[args.command](args)
+    except SegsparkError as exc:
+        print(f"segspark: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Exception:
+        log.exception("internal error; the run was not published")
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    from segspark.config import load_settings
+    from segspark.job import run
+
+    settings = load_settings(args.config, args.overrides)
+    started = time.perf_counter()
+    result = run(settings)
+    print(format_summary(result.manifest, result.run_dir, time.perf_counter() - started))
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from segspark.generate import write_customers
+
+    if args.customers < 1:
+        raise SegsparkError("--customers must be at least 1")
+    paths = write_customers(args.out, args.customers, seed=args.seed, fmt=args.format)
+    print(f"wrote {args.customers} customers to {paths['customers']} (true segments in {paths['truth']})")
+    return 0
+
+
+def format_summary(manifest: dict, run_dir: str, seconds: float) -> str:
+    rows, k = manifest["rows"], manifest["k"]
+    runner_up = k.get("runner_up")
+    lines = [
+        f"run {manifest['run_id']} {manifest['status']} in {seconds:.1f}s",
+        f"rows: {rows['read']} read, {rows['assigned']} assigned, {rows['rejected']} rejected",
+        f"k = {k['chosen']} by {k['rule']} (silhouette {k['silhouette']:.3f}"
+        + (f"; runner-up k={runner_up['k']} at {runner_up['silhouette']:.3f})" if runner_up else ")"),
+        "segments:",
+    ]
+    for segment in manifest["segments"]:
+        number, size, share = segment["segment"], segment["size"], segment["share"]
+        lines.append(f"  {number:>3}  {size:>10}  {share:6.1%}  {segment['segment_name']}")
+    lines.append(f"outputs: {run_dir}")
+    return "\n".join(lines)
+
+
+COMMANDS = {"run": _run, "generate": _generate}

@@ -1,0 +1,223 @@
+"""The settings schema: YAML loading, ``--set key=value`` overrides, validation with clear messages.
+
+Every module receives typed settings from here; no other module reads YAML or the environment.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from segspark.errors import ConfigError
+
+# Columns that describe who a person is rather than what they do. Segmenting on them risks
+# discriminating; they are refused as features unless listed in ``features.allow_sensitive``.
+DEFAULT_SENSITIVE = [
+    "gender",
+    "sex",
+    "ethnicity",
+    "race",
+    "religion",
+    "caste",
+    "nationality",
+    "marital_status",
+    "sexual_orientation",
+    "disability",
+    "pregnancy",
+    "political_affiliation",
+    "union_membership",
+]
+
+FREE_FORM_MAPS = {"conf", "options"}  # their keys are Spark's, e.g. spark.conf."spark.sql.shuffle.partitions"
+RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class SparkSettings(_Section):
+    master: str = "local[*]"
+    conf: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    log_level: Literal["ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"] = "WARN"
+
+
+class SourceSettings(_Section):
+    """Where a table comes from: a path in the lake with a format, or a catalog table."""
+
+    path: str | None = None
+    table: str | None = None
+    format: Literal["parquet", "csv", "json", "orc"] = "parquet"
+    options: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    # A Spark DDL schema ("customer_id STRING, income DOUBLE"); for csv/json instead of inference.
+    schema_ddl: str | None = Field(default=None, alias="schema")
+
+    @model_validator(mode="after")
+    def _one_location(self) -> SourceSettings:
+        if self.path and self.table:
+            raise ValueError("give either path or table, not both")
+        if not self.path and not self.table:
+            raise ValueError("missing: give path (a file or folder in the lake) or table (a catalog table)")
+        return self
+
+
+class CustomersInput(SourceSettings):
+    id_column: str = "customer_id"
+
+
+class InputSettings(_Section):
+    customers: CustomersInput
+
+
+class FeatureSettings(_Section):
+    numeric: list[str] = Field(default_factory=list)
+    categorical: list[str] = Field(default_factory=list)
+    log: list[str] = Field(default_factory=list)
+    sensitive: list[str] = Field(default_factory=lambda: list(DEFAULT_SENSITIVE))
+    allow_sensitive: list[str] = Field(default_factory=list)
+    missing: Literal["impute", "reject"] = "impute"
+
+
+class KRange(_Section):
+    min: int = Field(default=2, ge=2)
+    max: int = Field(default=10, ge=2)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> KRange:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
+class ModelSettings(_Section):
+    algorithm: Literal["kmeans"] = "kmeans"
+    k: KRange = Field(default_factory=KRange)
+    selection: Literal["silhouette"] = "silhouette"
+    seed: int = 42
+    max_iter: int = Field(default=20, ge=1)
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _single_k(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("give a whole number or {min: .., max: ..}")
+        if isinstance(value, int):
+            return {"min": value, "max": value}
+        return value
+
+    @property
+    def k_values(self) -> list[int]:
+        return list(range(self.k.min, self.k.max + 1))
+
+
+class OutputSettings(_Section):
+    path: str = "lake/segmentation"
+    format: Literal["parquet", "csv", "json", "orc"] = "parquet"
+    report: bool = True
+    run_id: str | None = None  # default: a new id from the UTC start time
+
+    @field_validator("run_id")
+    @classmethod
+    def _safe_run_id(cls, value: str | None) -> str | None:
+        if value is not None and not RUN_ID_PATTERN.match(value):
+            raise ValueError("use letters, digits, '_', '.' and '-' only (it becomes a folder name)")
+        return value
+
+
+class Settings(_Section):
+    spark: SparkSettings = Field(default_factory=SparkSettings)
+    input: InputSettings
+    features: FeatureSettings = Field(default_factory=FeatureSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    output: OutputSettings = Field(default_factory=OutputSettings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def load_settings(path: str | Path | None = None, overrides: list[str] | None = None) -> Settings:
+    """Read a YAML config (safe loader), apply ``dotted.key=value`` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections (spark, input, ...)")
+    for override in overrides or []:
+        apply_override(raw, override)
+    return settings_from_dict(raw)
+
+
+def settings_from_dict(raw: dict[str, Any]) -> Settings:
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc)) from None
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set ``a.b.c=value`` in a nested dict; the value is read as YAML (numbers, booleans, lists)."""
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {override!r}: write it as dotted.key=value, e.g. model.k=5")
+    parts = key.strip().split(".")
+    for i in range(1, len(parts)):  # keys of free-form maps (spark.conf, options) contain dots
+        if parts[i - 1] in FREE_FORM_MAPS:
+            parts = [*parts[:i], ".".join(parts[i:])]
+            break
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            raise ConfigError(f"--set {override!r}: {where} is a value, not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        node[parts[-1]] = text
+
+
+_UNION_TAGS = {"str", "int", "float", "bool", "KRange"}
+_WHERE_INPUT = " (set input.customers.path to the customer table, or input.customers.table)"
+_MISSING_HINTS = {"input": _WHERE_INPUT, "input.customers": _WHERE_INPUT}
+
+
+def describe_errors(exc: ValidationError) -> str:
+    lines, seen = [], set()
+    for error in exc.errors():
+        # pydantic adds the alternatives of a union to the location: report the key once
+        parts = [
+            str(p) for p in error["loc"] if not str(p).startswith("function-") and str(p) not in _UNION_TAGS
+        ]
+        key = ".".join(parts).replace("schema_ddl", "schema")
+        if key in seen:
+            continue
+        seen.add(key)
+        if error["type"] == "extra_forbidden":
+            allowed = ", ".join(_keys_of_section(error["loc"][:-1]))
+            lines.append(f"{key}: unknown key; the keys allowed here are: {allowed}")
+        elif error["type"] == "missing":
+            lines.append(f"{key}: required but not given{_MISSING_HINTS.get(key, '')}")
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+            lines.append(f"{key}: {message} (got {error.get('input')!r})")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def _keys_of_section(loc: tuple) -> list[str]:
+    section: type[BaseModel] = Settings
+    for part in loc:
+        annotation = section.model_fields[str(part)].annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        section = next(c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel))
+    return [field.alias or name for name, field in section.model_fields.items()]

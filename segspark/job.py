@@ -1,0 +1,290 @@
+"""The orchestration: ``run(settings) -> RunResult``, read -> validate -> prepare -> sweep -> assign ->
+profile -> publish. Each step is a function of another module; this one only wires them, times them
+and writes the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+import pyspark
+import pyspark.sql.functions as F
+from pyspark.ml import PipelineModel
+from pyspark.ml.functions import vector_to_array
+from pyspark.sql import Column, DataFrame, SparkSession
+
+from segspark import __version__
+from segspark.config import Settings
+from segspark.errors import InputDataError, SegsparkError
+from segspark.lake import Lake, read_source, write_table
+from segspark.metrics import SEGMENT
+from segspark.prepare import FEATURES, build_pipeline, scaler_of
+from segspark.profiles import profile_segments
+from segspark.session import get_session
+from segspark.sweep import sweep_k
+from segspark.validate import FeatureSpec, resolve_features, split_rejects, with_reject_reason
+
+log = logging.getLogger(__name__)
+
+OUTPUT_ID = "customer_id"  # the id column's name in every output, whatever the input calls it
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    run_dir: str
+    manifest: dict[str, Any]
+    profiles: pd.DataFrame
+    k_metrics: pd.DataFrame
+
+    @property
+    def rows(self) -> dict[str, int]:
+        return self.manifest["rows"]
+
+
+@dataclass
+class StepTimer:
+    """Times each step, labels its Spark jobs (UI / history server) and logs progress lines."""
+
+    spark: SparkSession
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        log.info("%s ...", name)
+        started = time.perf_counter()
+        with self.label(name):
+            yield
+        elapsed = time.perf_counter() - started
+        self.timings[name] = round(self.timings.get(name, 0.0) + elapsed, 3)
+        log.info("%s done in %.1fs", name, elapsed)
+
+    @contextmanager
+    def label(self, name: str) -> Iterator[None]:
+        """Label the Spark jobs started inside (a sub-step, such as one k of the sweep)."""
+        context = self.spark.sparkContext
+        context.setJobDescription(f"segspark: {name}")
+        try:
+            yield
+        finally:
+            context.setJobDescription(None)
+
+
+def new_run_id() -> str:
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+
+
+def run(settings: Settings, spark: SparkSession | None = None) -> RunResult:
+    """Run the whole job and publish its outputs; on failure, earlier runs stay as they were."""
+    spark = spark or get_session(settings.spark)
+    run_id = settings.output.run_id or new_run_id()
+    lake = Lake(spark, settings.output.path)
+    lake.check_writable()
+    staging = lake.staging_dir(run_id)
+    lake.delete(staging)
+    step = StepTimer(spark)
+    manifest: dict[str, Any] = {
+        "run_id": run_id,
+        "status": "running",
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": {
+            "segspark": __version__,
+            "spark": spark.version,
+            "pyspark": pyspark.__version__,
+            "python": platform.python_version(),
+        },
+        "spark_master": spark.sparkContext.master,
+        "settings": settings.to_dict(),
+    }
+    cached: list[DataFrame] = []
+    try:
+        result = _run_steps(spark, settings, lake, staging, step, manifest, cached)
+    except Exception as exc:
+        manifest.update(status="failed", error=f"{type(exc).__name__}: {exc}", timings=step.timings)
+        _try_write_manifest(lake, staging, manifest)
+        raise
+    finally:
+        for df in cached:
+            df.unpersist()
+    return result
+
+
+def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunResult:
+    source = settings.input.customers
+    with step("read"):
+        raw = read_source(spark, source)
+        spec = resolve_features(raw, source.id_column, settings.features)
+    manifest["features"] = _describe_features(spec)
+
+    with step("validate"):
+        checked = with_reject_reason(raw, spec, settings.features.missing).persist()
+        cached.append(checked)
+        rows_read = checked.count()
+        if rows_read == 0:
+            raise InputDataError(f"the input has no rows ({_where(source)}); nothing to segment")
+        valid, rejects = split_rejects(checked, spec)
+        rows_rejected = rejects.count()
+        if rows_read == rows_rejected:
+            raise InputDataError(
+                f"all {rows_read} input rows were rejected; the commonest reason: {_top_reason(rejects)}"
+            )
+        if rows_rejected:
+            log.warning(
+                "%d of %d rows rejected (see rejects/); commonest: %s",
+                rows_rejected,
+                rows_read,
+                _top_reason(rejects),
+            )
+
+    with step("prepare"):
+        preparation = build_pipeline(spec).fit(valid)
+        prepared = preparation.transform(valid).select(spec.id_column, *spec.columns, FEATURES).persist()
+        cached.append(prepared)
+
+    with step("sweep"):
+        sweep = sweep_k(prepared, settings.model, step.label)
+    chosen = sweep.chosen.model
+    model = PipelineModel(stages=[*preparation.stages, chosen])
+
+    with step("profile"):
+        centers = [list(map(float, c)) for c in chosen.clusterCenters()]
+        assigned = chosen.transform(prepared).persist()
+        cached.append(assigned)
+        profiles = profile_segments(assigned, spec, original_units(centers, preparation, spec))
+        names = dict(zip(profiles[SEGMENT], profiles["segment_name"], strict=True))
+
+    k_metrics = pd.DataFrame(
+        [{"algorithm": sweep.algorithm, **r.metrics(), "chosen": r is sweep.chosen} for r in sweep.results]
+    )
+    fmt = settings.output.format
+    with step("write assignments"):
+        assignments = assigned.select(
+            F.col(spec.id_column).alias(OUTPUT_ID),
+            F.col(SEGMENT),
+            _lookup(names, F.col(SEGMENT)).alias("segment_name"),
+            _distance_to_center(centers).alias("distance"),
+        )
+        write_table(assignments, f"{staging}/assignments", fmt)
+    with step("write profiles, metrics, rejects, model"):
+        write_table(spark.createDataFrame(profiles), f"{staging}/profiles", fmt)
+        write_table(spark.createDataFrame(k_metrics), f"{staging}/k_metrics", fmt)
+        write_table(rejects, f"{staging}/rejects", fmt)
+        model.write().overwrite().save(f"{staging}/model")
+    with step("verify"):
+        rows_assigned = spark.read.format(fmt).options(header="true").load(f"{staging}/assignments").count()
+    if rows_assigned + rows_rejected != rows_read:
+        raise SegsparkError(
+            f"row accounting failed: read {rows_read}, assigned {rows_assigned}, rejected {rows_rejected}; "
+            "the run was not published"
+        )
+
+    run_dir = lake.run_dir(manifest["run_id"])
+    manifest.update(
+        status="succeeded",
+        finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        rows={"read": rows_read, "assigned": rows_assigned, "rejected": rows_rejected},
+        k={
+            "algorithm": sweep.algorithm,
+            "chosen": sweep.chosen.k,
+            "silhouette": sweep.chosen.silhouette,
+            "rule": sweep.rule,
+            "runner_up": _describe_k(sweep.runner_up),
+            "metrics": k_metrics.to_dict(orient="records"),
+        },
+        segments=profiles[[SEGMENT, "segment_name", "size", "share"]].to_dict(orient="records"),
+        timings=step.timings,
+        outputs={
+            name: f"{run_dir}/{name}" for name in ("assignments", "profiles", "k_metrics", "rejects", "model")
+        },
+    )
+    lake.write_text(f"{staging}/manifest.json", _to_json(manifest))
+    run_dir = lake.publish(manifest["run_id"])
+    return RunResult(manifest["run_id"], run_dir, manifest, profiles, k_metrics)
+
+
+def original_units(
+    centers: list[list[float]], preparation: PipelineModel, spec: FeatureSpec
+) -> list[list[float]]:
+    """Centroids of the numeric features mapped back from the scaled space (and from log1p)."""
+    scaler = scaler_of(preparation)
+    mean, std = scaler.mean.toArray(), scaler.std.toArray()
+    mapped = []
+    for center in centers:
+        values = []
+        for i, column in enumerate(spec.numeric):
+            value = center[i] * std[i] + mean[i]
+            values.append(math.expm1(value) if column in spec.log else value)
+        mapped.append(values)
+    return mapped
+
+
+def _distance_to_center(centers: list[list[float]]) -> Column:
+    """Euclidean distance in the scaled space from each customer to its segment's centroid."""
+    table = F.array(*[F.array(*[F.lit(v) for v in center]) for center in centers])
+    center = F.element_at(table, F.col(SEGMENT) + 1)
+    squares = F.zip_with(vector_to_array(F.col(FEATURES)), center, lambda x, c: (x - c) * (x - c))
+    return F.sqrt(F.aggregate(squares, F.lit(0.0), lambda total, x: total + x))
+
+
+def _lookup(mapping: dict[int, str], key: Column) -> Column:
+    pairs = [part for k, v in sorted(mapping.items()) for part in (F.lit(int(k)), F.lit(v))]
+    return F.element_at(F.create_map(*pairs), key)
+
+
+def _top_reason(rejects: DataFrame) -> str:
+    row = rejects.groupBy("reason").count().orderBy(F.desc("count"), "reason").first()
+    return f"{row['reason']} ({row['count']} rows)" if row else "none"
+
+
+def _where(source) -> str:
+    return f"table {source.table}" if source.table else f"{source.format} at {source.path}"
+
+
+def _describe_features(spec: FeatureSpec) -> dict[str, Any]:
+    return {
+        "id_column": spec.id_column,
+        "numeric": spec.numeric,
+        "categorical": spec.categorical,
+        "log": spec.log,
+        "sensitive_excluded": spec.sensitive_excluded,
+        "sensitive_allowed": spec.sensitive_allowed,
+    }
+
+
+def _describe_k(result) -> dict[str, Any] | None:
+    return None if result is None else {"k": result.k, "silhouette": result.silhouette}
+
+
+def _to_json(data: Any) -> str:
+    return json.dumps(_plain(data), indent=2, allow_nan=False) + "\n"
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: numpy scalars as Python values, NaN as null (strict JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _try_write_manifest(lake: Lake, staging: str, manifest: dict[str, Any]) -> None:
+    try:
+        lake.write_text(f"{staging}/manifest.json", _to_json(manifest))
+    except Exception:  # the original error matters more than this one
+        log.exception("could not write the failed run's manifest to %s", staging)

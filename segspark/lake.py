@@ -1,0 +1,168 @@
+"""Reading sources from the lake and publishing a run's outputs to it.
+
+A run is written under ``<output>/_staging/<run_id>/`` and only moved to ``<output>/runs/<run_id>/``
+once every output is complete; then ``<output>/latest`` is replaced atomically. A failed run never
+touches ``runs/`` or ``latest``. File operations go through Hadoop's FileSystem API, so the same code
+works on a local disk, HDFS or an object store.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from pyspark.errors import AnalysisException
+from pyspark.sql import DataFrame, SparkSession
+
+from segspark.config import SourceSettings
+from segspark.errors import InputDataError, OutputError
+
+log = logging.getLogger(__name__)
+
+CSV_DEFAULTS = {"header": "true", "inferSchema": "true"}
+RUNS_DIR = "runs"
+STAGING_DIR = "_staging"
+LATEST = "latest"
+
+
+def read_source(spark: SparkSession, source: SourceSettings, name: str = "input.customers") -> DataFrame:
+    """Read a table given by ``path`` + ``format`` (+ options, schema) or by catalog ``table``."""
+    try:
+        if source.table:
+            return spark.table(source.table)
+        reader = spark.read.format(source.format)
+        options = {
+            str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in source.options.items()
+        }
+        if source.format == "csv":
+            options = {**CSV_DEFAULTS, **options}
+        if source.schema_ddl:
+            reader = reader.schema(source.schema_ddl)
+            options.pop("inferSchema", None)
+        return reader.options(**options).load(source.path)
+    except AnalysisException as exc:
+        where = f"table {source.table}" if source.table else f"{source.format} data at {source.path}"
+        raise InputDataError(
+            f"{name}: cannot read {where}: {_first_line(exc)}. Check {name}.path/table and format."
+        ) from None
+
+
+def write_table(df: DataFrame, path: str, fmt: str) -> None:
+    writer = df.write.mode("overwrite").format(fmt)
+    if fmt == "csv":
+        writer = writer.option("header", "true")
+    writer.save(path)
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+@dataclass
+class Lake:
+    """File operations on the lake through Hadoop's FileSystem API."""
+
+    spark: SparkSession
+    root: str
+
+    def __post_init__(self) -> None:
+        self.root = self.root.rstrip("/") or "/"
+        self._jvm = self.spark.sparkContext._jvm
+        self._hadoop_conf = self.spark.sparkContext._jsc.hadoopConfiguration()
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def staging_dir(self, run_id: str) -> str:
+        return self.path(STAGING_DIR, run_id)
+
+    def run_dir(self, run_id: str) -> str:
+        return self.path(RUNS_DIR, run_id)
+
+    def _hpath(self, path: str):
+        return self._jvm.org.apache.hadoop.fs.Path(path)
+
+    def _fs(self, path: str):
+        return self._hpath(path).getFileSystem(self._hadoop_conf)
+
+    def qualified(self, path: str) -> str:
+        hpath = self._hpath(path)
+        return str(hpath.getFileSystem(self._hadoop_conf).makeQualified(hpath).toString())
+
+    def exists(self, path: str) -> bool:
+        return bool(self._fs(path).exists(self._hpath(path)))
+
+    def is_dir(self, path: str) -> bool:
+        return bool(self._fs(path).isDirectory(self._hpath(path)))
+
+    def delete(self, path: str) -> None:
+        self._fs(path).delete(self._hpath(path), True)
+
+    def write_text(self, path: str, text: str) -> None:
+        fs = self._fs(path)
+        fs.setWriteChecksum(False)
+        stream = fs.create(self._hpath(path), True)
+        try:
+            stream.write(bytearray(text.encode("utf-8")))
+        finally:
+            stream.close()
+
+    def read_text(self, path: str) -> str:
+        fs = self._fs(path)
+        stream = fs.open(self._hpath(path))
+        try:
+            reader = self._jvm.java.io.BufferedReader(self._jvm.java.io.InputStreamReader(stream, "UTF-8"))
+            lines = []
+            line = reader.readLine()
+            while line is not None:
+                lines.append(line)
+                line = reader.readLine()
+            return "\n".join(lines)
+        finally:
+            stream.close()
+
+    def rename(self, source: str, target: str, overwrite: bool = False) -> None:
+        """Rename through FileContext: with ``overwrite`` it replaces ``target`` atomically."""
+        options = self._jvm.org.apache.hadoop.fs.Options.Rename
+        flags = self.spark.sparkContext._gateway.new_array(options, 1)
+        flags[0] = options.OVERWRITE if overwrite else options.NONE
+        context = self._jvm.org.apache.hadoop.fs.FileContext.getFileContext(
+            self._hpath(source).toUri(), self._hadoop_conf
+        )
+        context.rename(self._hpath(source), self._hpath(target), flags)
+
+    # -- runs ---------------------------------------------------------------------------------------
+
+    def check_writable(self) -> None:
+        """Fail early, before any work, when the output location is a file or cannot be created."""
+        if self.exists(self.root) and not self.is_dir(self.root):
+            raise OutputError(f"output.path {self.root} is a file; give a folder for the run outputs")
+        try:
+            self._fs(self.root).mkdirs(self._hpath(self.path(STAGING_DIR)))
+            probe = self.path(STAGING_DIR, ".write-probe")
+            self.write_text(probe, "ok")
+            self.delete(probe)
+        except Exception as exc:  # py4j wraps the Java IOException
+            raise OutputError(f"output.path {self.root} is not writable: {_first_line(exc)}") from None
+
+    def publish(self, run_id: str) -> str:
+        """Move a complete staged run into ``runs/`` and point ``latest`` at it."""
+        staged, final = self.staging_dir(run_id), self.run_dir(run_id)
+        self._fs(final).mkdirs(self._hpath(self.path(RUNS_DIR)))
+        if self.exists(final):  # a re-run of the same run id replaces the earlier one whole
+            retired = self.path(STAGING_DIR, f"{run_id}.replaced")
+            self.delete(retired)
+            self.rename(final, retired)
+            self.rename(staged, final)
+            self.delete(retired)
+        else:
+            self.rename(staged, final)
+        pointer = self.path(STAGING_DIR, f"{LATEST}.{run_id}")
+        self.write_text(pointer, run_id + "\n")
+        self.rename(pointer, self.path(LATEST), overwrite=True)
+        log.info("published run %s; %s now points at it", run_id, self.path(LATEST))
+        return final
+
+    def latest_run_id(self) -> str | None:
+        latest = self.path(LATEST)
+        return self.read_text(latest).strip() if self.exists(latest) else None

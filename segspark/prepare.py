@@ -1,0 +1,70 @@
+"""The preprocessing Pipeline: impute, log1p, one-hot, VectorAssembler, StandardScaler.
+
+All of it is Spark ML stages, so the fitted preparation is saved inside the run's PipelineModel and
+scoring new customers applies exactly the same steps.
+"""
+
+from __future__ import annotations
+
+from pyspark.ml import Pipeline, PipelineModel
+from pyspark.ml.feature import (
+    Imputer,
+    OneHotEncoder,
+    SQLTransformer,
+    StandardScaler,
+    StringIndexer,
+    VectorAssembler,
+)
+
+from segspark.validate import FeatureSpec
+
+FEATURES = "features"  # the scaled vector the clustering sees
+RAW_FEATURES = "features_unscaled"
+
+
+def imputed(column: str) -> str:
+    return f"{column}__imputed"
+
+
+def model_input(column: str, spec: FeatureSpec) -> str:
+    """The column that enters the assembler for a numeric feature: imputed, then log1p if asked."""
+    return f"{column}__log1p" if column in spec.log else imputed(column)
+
+
+def build_pipeline(spec: FeatureSpec) -> Pipeline:
+    stages = []
+    if spec.numeric:
+        # Median, not mean: spend and counts are skewed and the mean is pulled by a few big customers.
+        stages.append(
+            Imputer(strategy="median", inputCols=spec.numeric, outputCols=[imputed(c) for c in spec.numeric])
+        )
+    if spec.log:
+        logs = ", ".join(f"LOG1P(`{imputed(c)}`) AS `{model_input(c, spec)}`" for c in spec.log)
+        stages.append(SQLTransformer(statement=f"SELECT *, {logs} FROM __THIS__"))
+    vectors = []
+    if spec.categorical:
+        indexed = [f"{c}__index" for c in spec.categorical]
+        vectors = [f"{c}__onehot" for c in spec.categorical]
+        # "keep" gives unseen values (and NULL) a bucket of their own instead of failing at scoring time;
+        # no category is dropped, so every value is equally far from the others.
+        stages.append(
+            StringIndexer(
+                inputCols=spec.categorical,
+                outputCols=indexed,
+                handleInvalid="keep",
+                stringOrderType="alphabetAsc",
+            )
+        )
+        stages.append(OneHotEncoder(inputCols=indexed, outputCols=vectors, dropLast=False))
+    stages.append(
+        VectorAssembler(
+            inputCols=[model_input(c, spec) for c in spec.numeric] + vectors, outputCol=RAW_FEATURES
+        )
+    )
+    stages.append(StandardScaler(inputCol=RAW_FEATURES, outputCol=FEATURES, withMean=True, withStd=True))
+    return Pipeline(stages=stages)
+
+
+def scaler_of(model: PipelineModel):
+    """The fitted StandardScalerModel of a preparation (or full) PipelineModel."""
+    return next(stage for stage in model.stages if type(stage).__name__ == "StandardScalerModel")

@@ -1,0 +1,112 @@
+"""Segment profiles in original units, and plain-language segment names.
+
+The statistics are computed by Spark in one aggregation; only the per-segment results (k rows) reach
+the driver, where they are laid out one row per segment for the lake and the report.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pyspark.sql.functions as F
+from pyspark.sql import DataFrame
+
+from segspark.metrics import SEGMENT
+from segspark.validate import FeatureSpec
+
+QUARTILES = [0.25, 0.5, 0.75]
+PERCENTILE_ACCURACY = 10_000  # Spark's default: relative error 1/10000 of the rank
+NAME_Z_THRESHOLD = 0.5  # a segment mean half a standard deviation from everyone's is "High"/"Low"
+NAME_MAX_FEATURES = 2
+TYPICAL_NAME = "Typical customers"
+
+
+def profile_segments(
+    assigned: DataFrame, spec: FeatureSpec, centers_original: list[list[float]]
+) -> pd.DataFrame:
+    """One row per segment: size, share, per-feature mean/quartiles/z-score/centroid, category shares.
+
+    ``assigned`` has the raw feature values (NULL where missing) and ``segment``. The z-score compares
+    a segment's mean with the mean of all assigned customers, in units of their standard deviation.
+    """
+    aggregates = [F.count(F.lit(1)).alias("size")]
+    for c in spec.numeric:
+        aggregates += [
+            F.avg(c).alias(f"{c}__mean"),
+            F.stddev_samp(c).alias(f"{c}__std"),
+            F.percentile_approx(c, QUARTILES, PERCENTILE_ACCURACY).alias(f"{c}__quartiles"),
+        ]
+    # rollup adds the all-customers row (segment NULL) to the per-segment rows in the same pass
+    stats = assigned.rollup(SEGMENT).agg(*aggregates).toPandas()
+    everyone = stats[stats[SEGMENT].isna()].iloc[0]
+    segments = (
+        stats[stats[SEGMENT].notna()].astype({SEGMENT: int}).sort_values(SEGMENT).reset_index(drop=True)
+    )
+
+    total = int(everyone["size"])
+    profile = pd.DataFrame({SEGMENT: segments[SEGMENT], "size": segments["size"].astype("int64")})
+    profile["share"] = profile["size"] / total
+    centers = {segment: centers_original[segment] for segment in profile[SEGMENT]}
+    for i, c in enumerate(spec.numeric):
+        quartiles = segments[f"{c}__quartiles"]
+        spread = everyone[f"{c}__std"]
+        profile[f"{c}_mean"] = segments[f"{c}__mean"].astype(float)
+        profile[f"{c}_p25"] = [_nth(q, 0) for q in quartiles]
+        profile[f"{c}_median"] = [_nth(q, 1) for q in quartiles]
+        profile[f"{c}_p75"] = [_nth(q, 2) for q in quartiles]
+        profile[f"{c}_z"] = (
+            (profile[f"{c}_mean"] - everyone[f"{c}__mean"]) / spread if spread and spread > 0 else 0.0
+        )
+        profile[f"{c}_centroid"] = [centers[s][i] for s in profile[SEGMENT]]
+    for c in spec.categorical:
+        profile = profile.merge(category_shares(assigned, c), on=SEGMENT, how="left")
+    profile.insert(1, "segment_name", name_segments(profile, spec.numeric))
+    return profile
+
+
+def _nth(values, i: int) -> float:
+    return float(values[i]) if values is not None and len(values) > i else math.nan
+
+
+def category_shares(assigned: DataFrame, column: str) -> pd.DataFrame:
+    """Share of each value of a categorical column within each segment (``column=value_share``)."""
+    counts = assigned.groupBy(SEGMENT, column).count().toPandas()
+    counts[column] = counts[column].fillna("(missing)")
+    table = counts.pivot_table(index=SEGMENT, columns=column, values="count", aggfunc="sum", fill_value=0)
+    shares = table.div(table.sum(axis=1), axis=0)
+    shares.columns = [f"{column}={value}_share" for value in shares.columns]
+    return shares.reset_index()
+
+
+def name_segments(profile: pd.DataFrame, numeric: list[str]) -> list[str]:
+    """Short, unique, deterministic names from each segment's most distinctive features.
+
+    A feature qualifies when the segment mean is at least NAME_Z_THRESHOLD standard deviations from
+    everyone's; the strongest (ties by name) come first: "High annual_income · Low spending_score".
+    """
+    ranked = []
+    for _, row in profile.iterrows():
+        scores = [(c, float(row[f"{c}_z"])) for c in numeric if np.isfinite(row[f"{c}_z"])]
+        scores = [s for s in scores if abs(s[1]) >= NAME_Z_THRESHOLD]
+        ranked.append(sorted(scores, key=lambda s: (-abs(s[1]), s[0])))
+
+    def label(scores: list[tuple[str, float]], n: int) -> str:
+        parts = [f"{'High' if z > 0 else 'Low'} {c}" for c, z in scores[:n]]
+        return " · ".join(parts) if parts else TYPICAL_NAME
+
+    names = [label(scores, NAME_MAX_FEATURES) for scores in ranked]
+    for n in range(NAME_MAX_FEATURES + 1, len(numeric) + 1):  # lengthen clashing names
+        clashes = {name for name in names if names.count(name) > 1}
+        if not clashes:
+            break
+        names = [
+            label(scores, n) if name in clashes else name for name, scores in zip(names, ranked, strict=True)
+        ]
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:  # still equal: number them in segment order
+        seen[name] = seen.get(name, 0) + 1
+        unique.append(name if names.count(name) == 1 else f"{name} ({seen[name]})")
+    return unique

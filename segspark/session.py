@@ -1,0 +1,86 @@
+"""Building or reusing the SparkSession: local mode by default, whatever spark-submit set wins."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+
+from pyspark.sql import SparkSession
+
+from segspark.config import SparkSettings
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "segspark"
+
+
+def launched_by_spark_submit() -> bool:
+    """spark-submit starts the JVM first and hands the Python driver its gateway through the environment."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def local_cores(master: str) -> int:
+    """Cores of a ``local[N]`` / ``local[*]`` / ``local[N,F]`` master; 1 for plain ``local``."""
+    match = re.fullmatch(r"local(?:\[(\*|\d+)(?:,\s*\d+)?\])?", master.strip())
+    if match is None:
+        return 0
+    cores = match.group(1)
+    if cores is None:
+        return 1
+    if cores == "*":
+        return os.cpu_count() or 1
+    return int(cores)
+
+
+def local_defaults(master: str) -> dict[str, str]:
+    """Settings for a local session: shuffles sized to the cores, catalog files out of the working tree."""
+    scratch = os.path.join(tempfile.gettempdir(), "segspark-spark")
+    partitions = str(max(2, 2 * local_cores(master)))
+    return {
+        "spark.sql.shuffle.partitions": partitions,
+        "spark.default.parallelism": partitions,
+        "spark.sql.warehouse.dir": os.path.join(scratch, "warehouse"),
+        "spark.driver.extraJavaOptions": f"-Dderby.system.home={os.path.join(scratch, 'derby')}",
+        "spark.ui.showConsoleProgress": "false",
+    }
+
+
+def get_session(settings: SparkSettings) -> SparkSession:
+    """The active session if there is one; else a new one, with config filling only what is not set.
+
+    Under spark-submit the master and ``--conf`` values given on its command line win; the config's
+    ``spark.master`` is used only when nothing else chose a master.
+    """
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    builder = SparkSession.builder.appName(APP_NAME)
+    if launched_by_spark_submit():
+        session = builder.getOrCreate()
+        conf = session.sparkContext.getConf()
+        for key, value in settings.conf.items():
+            if not conf.contains(key):
+                _set_runtime(session, key, value)
+    else:
+        merged = {**local_defaults(settings.master), **{k: str(v) for k, v in settings.conf.items()}}
+        if local_cores(settings.master) == 0:
+            merged = {k: v for k, v in merged.items() if k in settings.conf or "warehouse" in k}
+        builder = builder.master(settings.master)
+        for key, value in merged.items():
+            builder = builder.config(key, value)
+        session = builder.getOrCreate()
+    session.sparkContext.setLogLevel(settings.log_level)
+    # profiles aggregate a few columns per feature; keep Spark from warning about long plan strings
+    session.conf.set("spark.sql.debug.maxToStringFields", "1000")
+    log.info("Spark %s, master %s", session.version, session.sparkContext.master)
+    return session
+
+
+def _set_runtime(session: SparkSession, key: str, value: object) -> None:
+    """Apply a config setting to a running session where Spark allows it; say so where it does not."""
+    try:
+        session.conf.set(key, str(value))
+    except Exception:  # static settings cannot change once the JVM runs
+        log.warning("spark.conf %s is ignored: it must be given to spark-submit with --conf", key)

@@ -1,0 +1,184 @@
+"""Input checks: which columns are features, the sensitive-attribute guard, and the rejects table.
+
+Column problems (a missing id, a feature that is not there, a sensitive attribute) stop the run with
+a message naming the column. Row problems never stop it: each row the job cannot use goes to the
+rejects table with a reason, so rows read = rows assigned + rows rejected.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+
+import pyspark.sql.functions as F
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import types as T
+
+from segspark.config import FeatureSettings
+from segspark.errors import ConfigError, InputDataError
+
+log = logging.getLogger(__name__)
+
+REASON = "reason"
+VALUES = "values"
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """The columns a run uses, decided once from the input schema and the settings."""
+
+    id_column: str
+    numeric: list[str]
+    categorical: list[str] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)
+    sensitive_excluded: list[str] = field(default_factory=list)  # left out of the default selection
+    sensitive_allowed: list[str] = field(default_factory=list)  # used on purpose
+
+    @property
+    def columns(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+
+def sensitive_match(column: str, sensitive: list[str]) -> str | None:
+    """The sensitive term a column name contains as whole words (``customer_gender`` -> ``gender``)."""
+    words = _words(column)
+    for term in sensitive:
+        term_words = _words(term)
+        n = len(term_words)
+        if n and any(words[i : i + n] == term_words for i in range(len(words) - n + 1)):
+            return term
+    return None
+
+
+def _words(name: str) -> list[str]:
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name)  # camelCase -> camel_Case
+    return [w for w in re.split(r"[^a-z0-9]+", spaced.lower()) if w]
+
+
+def resolve_features(df: DataFrame, id_column: str, settings: FeatureSettings) -> FeatureSpec:
+    """Check the id and feature columns against the schema and apply the sensitive-attribute guard."""
+    available = df.columns
+    listing = ", ".join(available)
+    if id_column not in available:
+        raise InputDataError(
+            f"id column {id_column!r} is not in the input; columns are: {listing}. "
+            "Set input.customers.id_column to the customer id column."
+        )
+    for key, columns in (
+        ("numeric", settings.numeric),
+        ("categorical", settings.categorical),
+        ("log", settings.log),
+    ):
+        for column in columns:
+            if column not in available:
+                raise InputDataError(
+                    f"features.{key}: column {column!r} is not in the input; columns are: {listing}"
+                )
+            if column == id_column:
+                raise ConfigError(f"features.{key}: {column!r} is the id column and cannot be a feature")
+
+    types = dict(df.dtypes)
+    allowed = set(settings.allow_sensitive)
+    excluded: list[str] = []
+    if settings.numeric:
+        numeric = list(settings.numeric)
+    else:
+        numeric = []
+        for f in df.schema.fields:
+            if f.name == id_column or f.name in settings.categorical:
+                continue
+            if not isinstance(f.dataType, T.NumericType):
+                continue
+            if sensitive_match(f.name, settings.sensitive) and f.name not in allowed:
+                excluded.append(f.name)
+                continue
+            numeric.append(f.name)
+        if excluded:
+            log.warning("left out of the features as sensitive attributes: %s", ", ".join(excluded))
+    for column in settings.log:
+        if column not in numeric:
+            raise ConfigError(
+                f"features.log: {column!r} is not one of the numeric features ({', '.join(numeric)})"
+            )
+
+    chosen = [*numeric, *settings.categorical]
+    for column in chosen:
+        term = sensitive_match(column, settings.sensitive)
+        if term and column not in allowed:
+            raise ConfigError(
+                f"feature {column!r} looks like a sensitive attribute ({term!r} in features.sensitive). "
+                "Segmenting customers on who they are rather than what they do can discriminate "
+                "against them, so it is refused. Remove it from the features, or, if it is needed on "
+                f"purpose, add it to features.allow_sensitive: [{column}]."
+            )
+    if not chosen:
+        raise InputDataError(
+            f"no feature columns: the input has no numeric column besides {id_column!r} "
+            f"(columns: {listing}). List the features in features.numeric / features.categorical."
+        )
+    for column in numeric:
+        if not isinstance(df.schema[column].dataType, (T.NumericType, T.StringType)):
+            raise InputDataError(
+                f"features.numeric: column {column!r} has type {types[column]}, which is not a number; "
+                "remove it from features.numeric or list it in features.categorical"
+            )
+    return FeatureSpec(
+        id_column=id_column,
+        numeric=numeric,
+        categorical=list(settings.categorical),
+        log=list(settings.log),
+        sensitive_excluded=excluded,
+        sensitive_allowed=[c for c in chosen if c in allowed and sensitive_match(c, settings.sensitive)],
+    )
+
+
+def _as_double(column: str) -> Column:
+    """A numeric column as double; text that is not a number becomes NULL instead of failing the job."""
+    return F.expr(f"try_cast(`{column}` AS DOUBLE)")
+
+
+def _is_finite(value: Column) -> Column:
+    return ~F.isnan(value) & (F.abs(value) != F.lit(float("inf")))
+
+
+def with_reject_reason(df: DataFrame, spec: FeatureSpec, missing: str) -> DataFrame:
+    """The input's id and features (numbers as double), ``reason`` (NULL for a usable row) and, for a
+    row with a reason, its raw feature ``values`` as JSON."""
+    checks: list[Column] = [F.when(F.col(spec.id_column).isNull(), F.lit("missing customer id"))]
+    for column in spec.numeric:
+        raw, value = F.col(column), _as_double(column)
+        checks.append(F.when(raw.isNotNull() & value.isNull(), F.lit(f"non-numeric value in {column}")))
+        if missing == "reject":
+            checks.append(F.when(raw.isNull() | F.isnan(value), F.lit(f"missing value in {column}")))
+        checks.append(
+            F.when(
+                value.isNotNull() & ~F.isnan(value) & ~_is_finite(value), F.lit(f"infinite value in {column}")
+            )
+        )
+        if column in spec.log:
+            checks.append(
+                F.when(value < 0, F.lit(f"negative value in {column} (log features need values >= 0)"))
+            )
+    if missing == "reject":
+        for column in spec.categorical:
+            checks.append(F.when(F.col(column).isNull(), F.lit(f"missing value in {column}")))
+    reason = F.coalesce(*checks)
+    return df.select(
+        F.col(spec.id_column),
+        *[_as_double(c).alias(c) for c in spec.numeric],
+        *[F.col(c).cast("string").alias(c) for c in spec.categorical],
+        reason.alias(REASON),
+        # the offending row as it was read, for the rejects table
+        F.when(reason.isNotNull(), F.to_json(F.struct(*[F.col(c) for c in spec.columns]))).alias(VALUES),
+    )
+
+
+def split_rejects(checked: DataFrame, spec: FeatureSpec) -> tuple[DataFrame, DataFrame]:
+    """Usable rows (without ``reason``) and the rejects table: customer_id, reason, values (JSON)."""
+    has_reason = F.col(REASON).isNotNull()
+    valid = checked.filter(~has_reason).drop(REASON, VALUES)
+    rejects = checked.filter(has_reason).select(
+        F.col(spec.id_column).cast("string").alias("customer_id"), F.col(REASON), F.col(VALUES)
+    )
+    return valid, rejects

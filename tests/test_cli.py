@@ -1,0 +1,111 @@
+"""The command line end to end: summary, exit codes, generate, python -m, and spark-submit."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from segspark.cli import main
+from tests.conftest import REPO, base_config
+
+
+def _config_file(tmp_path: Path, customers: str, **sections) -> str:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(base_config(customers, str(tmp_path / "lake"), **sections)))
+    return str(path)
+
+
+def test_run_prints_a_summary_of_the_published_run(spark, demo_data, tmp_path, capsys):
+    config = _config_file(tmp_path, demo_data["customers"])
+    code = main(
+        ["run", "--config", config, "--set", "model.k={min: 4, max: 6}", "--set", "output.run_id=cli"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "rows: 3000 read, 3000 assigned, 0 rejected" in out
+    assert "k = 5 by highest silhouette over k=4..6 (silhouette 0." in out
+    segment_lines = [line for line in out.splitlines() if line.startswith("    ") and "%" in line]
+    assert len(segment_lines) == 5
+    assert f"outputs: {tmp_path / 'lake'}/runs/cli" in out
+    assert (tmp_path / "lake" / "latest").read_text().strip() == "cli"
+
+
+def test_config_error_exits_2_with_the_key_named(tmp_path, capsys):
+    config = _config_file(tmp_path, "unused.parquet")
+    code = main(["run", "--config", config, "--set", "model.k.min=9", "--set", "model.k.max=3"])
+    assert code == 2
+    assert "model.k: min (9) is greater than max (3)" in capsys.readouterr().err
+
+
+def test_missing_input_exits_3_naming_the_path(spark, tmp_path, capsys):
+    config = _config_file(tmp_path, str(tmp_path / "absent.parquet"))
+    assert main(["run", "--config", config]) == 3
+    assert "absent.parquet" in capsys.readouterr().err
+
+
+def test_output_path_that_is_a_file_exits_4(spark, demo_data, tmp_path, capsys):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    config = _config_file(tmp_path, demo_data["customers"], output={"path": str(blocker)})
+    assert main(["run", "--config", config]) == 4
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_generate_writes_customers_and_their_true_segments(tmp_path, capsys):
+    assert main(["generate", "--customers", "250", "--out", str(tmp_path), "--seed", "3"]) == 0
+    customers = pd.read_parquet(tmp_path / "customers.parquet")
+    truth = pd.read_parquet(tmp_path / "truth.parquet")
+    assert len(customers) == len(truth) == 250
+    assert customers["customer_id"].is_unique and "true_segment" not in customers
+    assert set(truth["true_segment"]) == {0, 1, 2, 3, 4}
+    again = tmp_path / "again"
+    main(["generate", "--customers", "250", "--out", str(again), "--seed", "3"])
+    pd.testing.assert_frame_equal(customers, pd.read_parquet(again / "customers.parquet"))
+
+
+def test_python_dash_m_runs_the_cli():
+    result = subprocess.run([sys.executable, "-m", "segspark", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("segspark ")
+
+
+@pytest.mark.slow
+def test_job_runs_under_spark_submit(demo_data, tmp_path):
+    config = _config_file(tmp_path, demo_data["customers"], spark={"conf": {"spark.ui.enabled": False}})
+    spark_submit = Path(sys.executable).parent / "spark-submit"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_GATEWAY")}
+    # as in an activated virtual env: spark-submit finds Spark and runs the driver with this Python
+    env["PATH"] = f"{spark_submit.parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYSPARK_PYTHON"] = sys.executable
+    result = subprocess.run(
+        [
+            str(spark_submit),
+            "--master",
+            "local[2]",
+            "--conf",
+            "spark.sql.shuffle.partitions=3",
+            str(REPO / "jobs" / "segment_customers.py"),
+            "--config",
+            config,
+            "--set",
+            "model.k={min: 4, max: 6}",
+            "--set",
+            "output.run_id=submitted",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "k = 5 by highest silhouette over k=4..6" in result.stdout
+    manifest = json.loads((tmp_path / "lake" / "runs" / "submitted" / "manifest.json").read_text())
+    assert manifest["rows"] == {"read": 3000, "assigned": 3000, "rejected": 0}
+    # what spark-submit set wins over the config's local default
+    assert manifest["spark_master"] == "local[2]"

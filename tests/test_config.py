@@ -1,0 +1,130 @@
+"""Config loading and validation: every mistake named by its key."""
+
+from __future__ import annotations
+
+import pytest
+
+from segspark.config import DEFAULT_SENSITIVE, load_settings, settings_from_dict
+from segspark.errors import ConfigError
+from tests.conftest import REPO
+
+MINIMAL = {"input": {"customers": {"path": "data/customers.parquet"}}}
+
+
+def test_defaults_follow_the_design():
+    settings = settings_from_dict(MINIMAL)
+    assert settings.spark.master == "local[*]"
+    assert settings.input.customers.format == "parquet"
+    assert settings.input.customers.id_column == "customer_id"
+    assert settings.features.missing == "impute"
+    assert settings.features.sensitive == DEFAULT_SENSITIVE
+    assert settings.model.k_values == [2, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert (settings.model.algorithm, settings.model.selection, settings.model.seed) == (
+        "kmeans",
+        "silhouette",
+        42,
+    )
+    assert (settings.output.path, settings.output.format) == ("lake/segmentation", "parquet")
+
+
+def test_unknown_key_is_named_with_the_keys_allowed_there():
+    with pytest.raises(ConfigError) as error:
+        settings_from_dict({"input": {"customers": {"paht": "x.parquet"}}})
+    message = str(error.value)
+    assert "input.customers.paht: unknown key" in message
+    assert "path, table, format, options, schema, id_column" in message
+
+
+def test_wrong_type_names_the_key_and_the_value():
+    with pytest.raises(ConfigError, match=r"model\.seed: .*'forty-two'"):
+        settings_from_dict({**MINIMAL, "model": {"seed": "forty-two"}})
+
+
+def test_unsupported_format_lists_the_supported_ones():
+    with pytest.raises(ConfigError, match=r"input\.customers\.format: .*'parquet', 'csv', 'json' or 'orc'"):
+        settings_from_dict({"input": {"customers": {"path": "x", "format": "xlsx"}}})
+
+
+def test_missing_input_section_says_what_to_set():
+    with pytest.raises(ConfigError, match=r"input: required .*input\.customers\.path"):
+        settings_from_dict({})
+
+
+def test_customers_without_path_or_table_is_refused():
+    with pytest.raises(ConfigError, match=r"input\.customers: missing: give path .* or table"):
+        settings_from_dict({"input": {"customers": {"format": "csv"}}})
+
+
+def test_path_and_table_together_are_refused():
+    with pytest.raises(ConfigError, match="either path or table"):
+        settings_from_dict({"input": {"customers": {"path": "x", "table": "db.t"}}})
+
+
+@pytest.mark.parametrize(
+    ("k", "message"),
+    [
+        ({"min": 6, "max": 3}, r"min \(6\) is greater than max \(3\)"),
+        (1, "greater than or equal to 2"),
+        ({"min": 1, "max": 4}, r"model\.k\.min: .*greater than or equal to 2"),
+    ],
+)
+def test_k_ranges_that_make_no_sense_are_refused(k, message):
+    with pytest.raises(ConfigError, match=message):
+        settings_from_dict({**MINIMAL, "model": {"k": k}})
+
+
+def test_single_k_is_a_range_of_one():
+    assert settings_from_dict({**MINIMAL, "model": {"k": 4}}).model.k_values == [4]
+
+
+def test_set_overrides_are_read_as_yaml_values(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("input:\n  customers:\n    path: a.parquet\n")
+    settings = load_settings(
+        config,
+        [
+            "model.k=5",
+            "features.numeric=[income, score]",
+            "output.report=false",
+            "input.customers.options.header=true",
+            "spark.conf.spark.sql.shuffle.partitions=8",
+        ],
+    )
+    assert settings.model.k_values == [5]
+    assert settings.features.numeric == ["income", "score"]
+    assert settings.output.report is False
+    assert settings.input.customers.options == {"header": True}
+    assert settings.spark.conf == {"spark.sql.shuffle.partitions": 8}
+
+
+def test_set_without_equals_sign_is_a_usage_error():
+    with pytest.raises(ConfigError, match="dotted.key=value"):
+        load_settings(None, ["model.k"])
+
+
+def test_set_into_a_value_is_refused():
+    with pytest.raises(ConfigError, match=r"input\.customers\.path is a value, not a section"):
+        load_settings(None, ["input.customers.path=x", "input.customers.path.deeper=1"])
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+        load_settings(tmp_path / "nope.yaml")
+
+
+def test_yaml_is_read_with_the_safe_loader(tmp_path):
+    config = tmp_path / "evil.yaml"
+    config.write_text("input: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(config)
+
+
+def test_run_id_must_be_a_safe_folder_name():
+    with pytest.raises(ConfigError, match=r"output\.run_id: use letters"):
+        settings_from_dict({**MINIMAL, "output": {"run_id": "../../etc"}})
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "cluster.yaml"])
+def test_shipped_configs_are_valid(name):
+    settings = load_settings(REPO / "conf" / name)
+    assert settings.input.customers.path

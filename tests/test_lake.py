@@ -1,0 +1,122 @@
+"""Reading every supported source, and publishing runs to the lake."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.orc as orc
+import pyarrow.parquet as pq
+import pytest
+
+from segspark.config import CustomersInput
+from segspark.errors import InputDataError, OutputError
+from segspark.lake import Lake, read_source
+
+ROWS = pd.DataFrame(
+    {
+        "customer_id": ["a1", "a2", "a3", "a4"],
+        "annual_income": [52000.0, 61000.5, np.nan, 88000.0],
+        "visits": [3, 10, 7, 1],
+    }
+)
+
+
+def _rows(df) -> list[tuple]:
+    """Rows of a Spark DataFrame as sorted tuples, NaN/NULL both as None."""
+    frame = df.select("customer_id", "annual_income", "visits").toPandas()
+    frame = frame.astype(object).where(frame.notna(), None)
+    return sorted(tuple(r) for r in frame.itertuples(index=False))
+
+
+EXPECTED = sorted(
+    tuple(None if isinstance(v, float) and np.isnan(v) else v for v in row)
+    for row in ROWS.itertuples(index=False)
+)
+
+
+def _write(tmp_path, fmt: str) -> str:
+    """Write ROWS with pandas/pyarrow (not Spark), as a producer upstream of segspark would."""
+    path = tmp_path / f"customers.{fmt}"
+    if fmt == "parquet":
+        pq.write_table(pa.Table.from_pandas(ROWS, preserve_index=False), path)
+    elif fmt == "orc":
+        orc.write_table(pa.Table.from_pandas(ROWS, preserve_index=False), str(path))
+    elif fmt == "csv":
+        ROWS.to_csv(path, index=False)
+    elif fmt == "json":
+        ROWS.to_json(path, orient="records", lines=True)
+    return str(path)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "orc", "csv", "json"])
+def test_reads_each_format(spark, tmp_path, fmt):
+    source = CustomersInput(path=_write(tmp_path, fmt), format=fmt)
+    df = read_source(spark, source)
+    assert _rows(df) == EXPECTED
+
+
+def test_csv_infers_numbers_by_default(spark, tmp_path):
+    df = read_source(spark, CustomersInput(path=_write(tmp_path, "csv"), format="csv"))
+    types = dict(df.dtypes)
+    assert types["annual_income"] == "double" and types["visits"] == "int"
+
+
+def test_csv_with_a_given_schema_uses_it(spark, tmp_path):
+    source = CustomersInput(
+        path=_write(tmp_path, "csv"),
+        format="csv",
+        schema="customer_id STRING, annual_income DOUBLE, visits LONG",
+    )
+    df = read_source(spark, source)
+    assert dict(df.dtypes) == {"customer_id": "string", "annual_income": "double", "visits": "bigint"}
+    assert _rows(df) == EXPECTED
+
+
+def test_csv_reader_options_are_passed_through(spark, tmp_path):
+    path = tmp_path / "semicolon.csv"
+    ROWS.to_csv(path, index=False, sep=";")
+    df = read_source(spark, CustomersInput(path=str(path), format="csv", options={"sep": ";"}))
+    assert _rows(df) == EXPECTED
+
+
+def test_reads_a_catalog_table(spark):
+    spark.createDataFrame(ROWS).write.mode("overwrite").saveAsTable("test_customers")
+    df = read_source(spark, CustomersInput(table="test_customers"))
+    assert _rows(df) == EXPECTED
+
+
+def test_missing_input_path_is_named(spark, tmp_path):
+    missing = str(tmp_path / "nowhere.parquet")
+    with pytest.raises(
+        InputDataError, match=r"input\.customers: cannot read parquet data at .*nowhere\.parquet"
+    ):
+        read_source(spark, CustomersInput(path=missing))
+
+
+def test_publish_moves_the_run_and_replaces_latest(spark, tmp_path):
+    lake = Lake(spark, str(tmp_path / "lake"))
+    lake.check_writable()
+    for run_id in ("run-1", "run-2"):
+        lake.write_text(f"{lake.staging_dir(run_id)}/manifest.json", run_id)
+        lake.publish(run_id)
+        assert lake.latest_run_id() == run_id
+        assert (tmp_path / "lake" / "runs" / run_id / "manifest.json").read_text() == run_id
+        assert not (tmp_path / "lake" / "_staging" / run_id).exists()
+    assert (tmp_path / "lake" / "latest").read_text() == "run-2\n"
+
+
+def test_republishing_a_run_id_replaces_it_whole(spark, tmp_path):
+    lake = Lake(spark, str(tmp_path / "lake"))
+    lake.write_text(f"{lake.staging_dir('r')}/old-only.txt", "old")
+    lake.publish("r")
+    lake.write_text(f"{lake.staging_dir('r')}/new.txt", "new")
+    lake.publish("r")
+    assert sorted(p.name for p in (tmp_path / "lake" / "runs" / "r").iterdir()) == ["new.txt"]
+
+
+def test_output_path_that_is_a_file_is_refused(spark, tmp_path):
+    target = tmp_path / "a-file"
+    target.write_text("not a folder")
+    with pytest.raises(OutputError, match="is a file"):
+        Lake(spark, str(target)).check_writable()
