@@ -118,6 +118,8 @@ class OutputSettings(_Section):
     path: str = "lake/segmentation"
     format: Literal["parquet", "csv", "json", "orc"] = "parquet"
     report: bool = True
+    # two numeric features for the report's scatter plot; default: the two that separate segments most
+    report_scatter: list[str] = Field(default_factory=list, max_length=2)
     run_id: str | None = None  # default: a new id from the UTC start time
 
     @field_validator("run_id")

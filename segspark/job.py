@@ -38,6 +38,7 @@ from segspark.validate import FeatureSpec, resolve_features, split_rejects, with
 log = logging.getLogger(__name__)
 
 OUTPUT_ID = "customer_id"  # the id column's name in every output, whatever the input calls it
+REPORT_SAMPLE_ROWS = 5_000  # customers in sample/, the only per-customer data the report sees
 
 
 @dataclass
@@ -121,10 +122,9 @@ def run(settings: Settings, spark: SparkSession | None = None) -> RunResult:
 
 
 def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunResult:
-    source = settings.input.customers
     with step("read"):
-        raw = read_source(spark, source)
-        spec = resolve_features(raw, source.id_column, settings.features)
+        raw, id_column = read_input(spark, settings, manifest)
+        spec = resolve_features(raw, id_column, settings.features)
     manifest["features"] = _describe_features(spec)
 
     with step("validate"):
@@ -132,7 +132,9 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
         cached.append(checked)
         rows_read = checked.count()
         if rows_read == 0:
-            raise InputDataError(f"the input has no rows ({_where(source)}); nothing to segment")
+            raise InputDataError(
+                f"the input has no rows ({_where(settings.input.customers)}); nothing to segment"
+            )
         valid, rejects = split_rejects(checked, spec)
         rows_rejected = rejects.count()
         if rows_read == rows_rejected:
@@ -180,6 +182,10 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
         write_table(spark.createDataFrame(profiles), f"{staging}/profiles", fmt)
         write_table(spark.createDataFrame(k_metrics), f"{staging}/k_metrics", fmt)
         write_table(rejects, f"{staging}/rejects", fmt)
+        sample = report_sample(assigned, spec, rows_read - rows_rejected, settings.model.seed)
+        write_table(
+            sample.withColumn("segment_name", _lookup(names, F.col(SEGMENT))), f"{staging}/sample", fmt
+        )
         model.write().overwrite().save(f"{staging}/model")
     with step("verify"):
         rows_assigned = spark.read.format(fmt).options(header="true").load(f"{staging}/assignments").count()
@@ -205,12 +211,26 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
         segments=profiles[[SEGMENT, "segment_name", "size", "share"]].to_dict(orient="records"),
         timings=step.timings,
         outputs={
-            name: f"{run_dir}/{name}" for name in ("assignments", "profiles", "k_metrics", "rejects", "model")
+            name: f"{run_dir}/{name}"
+            for name in ("assignments", "profiles", "k_metrics", "rejects", "model", "sample")
         },
     )
     lake.write_text(f"{staging}/manifest.json", _to_json(manifest))
     run_dir = lake.publish(manifest["run_id"])
     return RunResult(manifest["run_id"], run_dir, manifest, profiles, k_metrics)
+
+
+def read_input(spark: SparkSession, settings: Settings, manifest: dict[str, Any]) -> tuple[DataFrame, str]:
+    """The customer rows to segment and their id column."""
+    source = settings.input.customers
+    return read_source(spark, source), source.id_column
+
+
+def report_sample(assigned: DataFrame, spec: FeatureSpec, rows: int, seed: int) -> DataFrame:
+    """A uniform sample of at most REPORT_SAMPLE_ROWS customers for plots: features and segment, no ids."""
+    fraction = min(1.0, 1.2 * REPORT_SAMPLE_ROWS / max(rows, 1))  # a little over, then cut to size
+    sampled = assigned if fraction >= 1.0 else assigned.sample(fraction=fraction, seed=seed)
+    return sampled.select(F.col(SEGMENT), *[F.col(c) for c in spec.columns]).limit(REPORT_SAMPLE_ROWS)
 
 
 def original_units(

@@ -17,7 +17,7 @@ from segspark.generate import FEATURES
 from segspark.job import run
 from tests.conftest import base_config
 
-OUTPUTS = ["assignments", "k_metrics", "manifest.json", "model", "profiles", "rejects"]
+OUTPUTS = ["assignments", "k_metrics", "manifest.json", "model", "profiles", "rejects", "sample"]
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +62,15 @@ def test_manifest_accounts_for_every_row(first_run, lake, joined):
     assert {"read", "validate", "prepare", "sweep", "profile", "write assignments"} <= set(
         manifest["timings"]
     )
+
+
+def test_sample_holds_features_and_segments_but_no_ids(first_run, joined):
+    sample = pd.read_parquet(f"{first_run.run_dir}/sample")
+    assert sorted(sample.columns) == sorted([*FEATURES, "segment", "segment_name"])
+    assert len(sample) == 3000  # fewer customers than the sample size: all of them
+    expected = joined[[*FEATURES, "segment"]].sort_values(FEATURES).reset_index(drop=True)
+    actual = sample[[*FEATURES, "segment"]].sort_values(FEATURES).reset_index(drop=True)
+    pd.testing.assert_frame_equal(actual, expected, check_dtype=False)
 
 
 def test_k_metrics_hold_every_k_and_mark_the_best_silhouette(first_run):
