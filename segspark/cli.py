@@ -1,4 +1,4 @@
-"""The command line: ``segspark run | generate``; ``python -m segspark`` is the same."""
+"""The command line: ``segspark run | score | generate``; ``python -m segspark`` is the same."""
 
 from __future__ import annotations
 
@@ -31,6 +31,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override one setting, e.g. --set model.k=5 (repeatable)",
     )
+
+    score = commands.add_parser("score", help="assign new customers with a saved run's model")
+    score.add_argument("--run", required=True, metavar="RUN_DIR|latest", help="a run folder, or latest")
+    score.add_argument("--lake", default="lake/segmentation", help="the output.path whose latest run to use")
+    score.add_argument("--input", required=True, metavar="PATH", help="the customers to score")
+    score.add_argument("--format", choices=["parquet", "csv", "json", "orc"], default="parquet")
+    score.add_argument(
+        "--option",
+        dest="options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a reader option, e.g. --option sep=';' (repeatable)",
+    )
+    score.add_argument(
+        "--output", required=True, metavar="DIR", help="where to write assignments/ and rejects/"
+    )
+    score.add_argument("--output-format", choices=["parquet", "csv", "json", "orc"], default="parquet")
 
     generate = commands.add_parser("generate", help="write synthetic customers with known segments")
     generate.add_argument("--customers", type=int, required=True, metavar="N", help="number of customers")
@@ -66,6 +84,23 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score(args: argparse.Namespace) -> int:
+    from segspark.config import SourceSettings, SparkSettings
+    from segspark.score import resolve_run, score
+    from segspark.session import get_session
+
+    options = dict(option.partition("=")[::2] for option in args.options)
+    source = SourceSettings(path=args.input, format=args.format, options=options)
+    spark = get_session(SparkSettings())
+    summary = score(spark, resolve_run(spark, args.run, args.lake), source, args.output, args.output_format)
+    rows = summary["rows"]
+    print(
+        f"scored with run {summary['run_id']}: {rows['read']} read, {rows['assigned']} assigned, "
+        f"{rows['rejected']} rejected\noutputs: {args.output}"
+    )
+    return 0
+
+
 def _generate(args: argparse.Namespace) -> int:
     from segspark.generate import write_customers
 
@@ -93,4 +128,4 @@ def format_summary(manifest: dict, run_dir: str, seconds: float) -> str:
     return "\n".join(lines)
 
 
-COMMANDS = {"run": _run, "generate": _generate}
+COMMANDS = {"run": _run, "score": _score, "generate": _generate}

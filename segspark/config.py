@@ -114,6 +114,20 @@ class ModelSettings(_Section):
         return list(range(self.k.min, self.k.max + 1))
 
 
+class PlaybookRule(_Section):
+    """Attach a suggested action to every segment whose profile matches ``when``."""
+
+    when: dict[str, Literal["high", "low", "typical"]] = Field(min_length=1)
+    action: str = Field(min_length=1)
+
+
+class SegmentSettings(_Section):
+    display_names: dict[str, str] = Field(default_factory=dict)  # feature -> label in names and report
+    name_threshold: float = Field(default=0.5, gt=0)  # |z| from which a feature counts as High / Low
+    name_features: int = Field(default=2, ge=1)  # at most this many features in a name
+    playbook: list[PlaybookRule] = Field(default_factory=list)
+
+
 class OutputSettings(_Section):
     path: str = "lake/segmentation"
     format: Literal["parquet", "csv", "json", "orc"] = "parquet"
@@ -135,6 +149,7 @@ class Settings(_Section):
     input: InputSettings
     features: FeatureSettings = Field(default_factory=FeatureSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
+    segments: SegmentSettings = Field(default_factory=SegmentSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
 
     def to_dict(self) -> dict[str, Any]:

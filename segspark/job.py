@@ -17,27 +17,35 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyspark
 import pyspark.sql.functions as F
 from pyspark.ml import PipelineModel
-from pyspark.ml.functions import vector_to_array
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 from segspark import __version__
 from segspark.config import Settings
 from segspark.errors import InputDataError, SegsparkError
 from segspark.lake import Lake, read_source, write_table
-from segspark.metrics import SEGMENT
-from segspark.prepare import FEATURES, build_pipeline, scaler_of
-from segspark.profiles import profile_segments
+from segspark.metrics import CLUSTER, SEGMENT
+from segspark.prepare import FEATURES, build_pipeline, scaler_of, vector_columns
+from segspark.profiles import check_playbook, profile_segments
+from segspark.segments import (
+    EarlierRun,
+    assignments,
+    earlier_run,
+    lookup,
+    migration,
+    segment_ids,
+    with_segment,
+)
 from segspark.session import get_session
 from segspark.sweep import sweep_k
 from segspark.validate import FeatureSpec, resolve_features, split_rejects, with_reject_reason
 
 log = logging.getLogger(__name__)
 
-OUTPUT_ID = "customer_id"  # the id column's name in every output, whatever the input calls it
 REPORT_SAMPLE_ROWS = 5_000  # customers in sample/, the only per-customer data the report sees
 
 
@@ -125,6 +133,7 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
     with step("read"):
         raw, id_column = read_input(spark, settings, manifest)
         spec = resolve_features(raw, id_column, settings.features)
+        check_playbook(settings.segments, spec.numeric)
     manifest["features"] = _describe_features(spec)
 
     with step("validate"):
@@ -159,11 +168,23 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
     chosen = sweep.chosen.model
     model = PipelineModel(stages=[*preparation.stages, chosen])
 
-    with step("profile"):
-        centers = [list(map(float, c)) for c in chosen.clusterCenters()]
-        assigned = chosen.transform(prepared).persist()
+    with step("assign"):
+        scaler = scaler_of(preparation)
+        mean, std = scaler.mean.toArray(), scaler.std.toArray()
+        centers = np.array([np.asarray(c, dtype=float) for c in chosen.clusterCenters()])
+        centers_unscaled = centers * std + mean
+        clustered = chosen.transform(prepared)
+        sizes = {r[CLUSTER]: r["count"] for r in clustered.groupBy(CLUSTER).count().collect()}
+        columns = vector_columns(preparation, spec)
+        earlier = _earlier_run(lake)
+        segment_of = segment_ids(centers_unscaled, sizes, mean, std, columns, earlier)
+        cluster_of = {segment: cluster for cluster, segment in segment_of.items()}
+        assigned = with_segment(clustered, segment_of).persist()
         cached.append(assigned)
-        profiles = profile_segments(assigned, spec, original_units(centers, preparation, spec))
+
+    with step("profile"):
+        originals = {segment_of[c]: original_units(centers_unscaled[c], spec) for c in segment_of}
+        profiles = profile_segments(assigned, spec, originals, settings.segments)
         names = dict(zip(profiles[SEGMENT], profiles["segment_name"], strict=True))
 
     k_metrics = pd.DataFrame(
@@ -171,24 +192,29 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
     )
     fmt = settings.output.format
     with step("write assignments"):
-        assignments = assigned.select(
-            F.col(spec.id_column).alias(OUTPUT_ID),
-            F.col(SEGMENT),
-            _lookup(names, F.col(SEGMENT)).alias("segment_name"),
-            _distance_to_center(centers).alias("distance"),
-        )
-        write_table(assignments, f"{staging}/assignments", fmt)
+        table = assignments(assigned, spec.id_column, names, centers.tolist())
+        write_table(table, f"{staging}/assignments", fmt)
     with step("write profiles, metrics, rejects, model"):
         write_table(spark.createDataFrame(profiles), f"{staging}/profiles", fmt)
         write_table(spark.createDataFrame(k_metrics), f"{staging}/k_metrics", fmt)
         write_table(rejects, f"{staging}/rejects", fmt)
         sample = report_sample(assigned, spec, rows_read - rows_rejected, settings.model.seed)
         write_table(
-            sample.withColumn("segment_name", _lookup(names, F.col(SEGMENT))), f"{staging}/sample", fmt
+            sample.withColumn("segment_name", lookup(names, F.col(SEGMENT))), f"{staging}/sample", fmt
         )
         model.write().overwrite().save(f"{staging}/model")
     with step("verify"):
-        rows_assigned = spark.read.format(fmt).options(header="true").load(f"{staging}/assignments").count()
+        written = spark.read.format(fmt).options(header="true").load(f"{staging}/assignments")
+        rows_assigned = written.count()
+    if earlier is not None:
+        with step("migration"):
+            earlier_assignments = (
+                spark.read.format(earlier.format).options(header="true").load(earlier.assignments_path)
+            )
+            manifest["migration"] = {
+                "previous_run": earlier.run_id,
+                "matrix": migration(earlier_assignments, written),
+            }
     if rows_assigned + rows_rejected != rows_read:
         raise SegsparkError(
             f"row accounting failed: read {rows_read}, assigned {rows_assigned}, rejected {rows_rejected}; "
@@ -208,7 +234,17 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
             "runner_up": _describe_k(sweep.runner_up),
             "metrics": k_metrics.to_dict(orient="records"),
         },
-        segments=profiles[[SEGMENT, "segment_name", "size", "share"]].to_dict(orient="records"),
+        space={"vector_columns": columns, "scaler_mean": mean.tolist(), "scaler_std": std.tolist()},
+        segments=[
+            {
+                **row,
+                "cluster": cluster_of[row[SEGMENT]],
+                "center_unscaled": centers_unscaled[cluster_of[row[SEGMENT]]].tolist(),
+            }
+            for row in profiles[[SEGMENT, "segment_name", "size", "share", "action"]].to_dict(
+                orient="records"
+            )
+        ],
         timings=step.timings,
         outputs={
             name: f"{run_dir}/{name}"
@@ -233,33 +269,28 @@ def report_sample(assigned: DataFrame, spec: FeatureSpec, rows: int, seed: int) 
     return sampled.select(F.col(SEGMENT), *[F.col(c) for c in spec.columns]).limit(REPORT_SAMPLE_ROWS)
 
 
-def original_units(
-    centers: list[list[float]], preparation: PipelineModel, spec: FeatureSpec
-) -> list[list[float]]:
-    """Centroids of the numeric features mapped back from the scaled space (and from log1p)."""
-    scaler = scaler_of(preparation)
-    mean, std = scaler.mean.toArray(), scaler.std.toArray()
-    mapped = []
-    for center in centers:
-        values = []
-        for i, column in enumerate(spec.numeric):
-            value = center[i] * std[i] + mean[i]
-            values.append(math.expm1(value) if column in spec.log else value)
-        mapped.append(values)
-    return mapped
+def original_units(center_unscaled: np.ndarray, spec: FeatureSpec) -> list[float]:
+    """A centroid's numeric features in original units (expm1 undoes log1p)."""
+    return [
+        math.expm1(value) if column in spec.log else float(value)
+        for column, value in zip(spec.numeric, center_unscaled, strict=False)
+    ]
 
 
-def _distance_to_center(centers: list[list[float]]) -> Column:
-    """Euclidean distance in the scaled space from each customer to its segment's centroid."""
-    table = F.array(*[F.array(*[F.lit(v) for v in center]) for center in centers])
-    center = F.element_at(table, F.col(SEGMENT) + 1)
-    squares = F.zip_with(vector_to_array(F.col(FEATURES)), center, lambda x, c: (x - c) * (x - c))
-    return F.sqrt(F.aggregate(squares, F.lit(0.0), lambda total, x: total + x))
-
-
-def _lookup(mapping: dict[int, str], key: Column) -> Column:
-    pairs = [part for k, v in sorted(mapping.items()) for part in (F.lit(int(k)), F.lit(v))]
-    return F.element_at(F.create_map(*pairs), key)
+def _earlier_run(lake: Lake) -> EarlierRun | None:
+    """The run ``latest`` points at, if it can anchor this run's segment ids."""
+    run_id = lake.latest_run_id()
+    if run_id is None:
+        return None
+    run_dir = lake.run_dir(run_id)
+    try:
+        earlier = earlier_run(run_id, json.loads(lake.read_text(f"{run_dir}/manifest.json")), run_dir)
+    except Exception as exc:  # an unreadable earlier run must not stop this one
+        log.warning("cannot read run %s (%s): segment ids start afresh", run_id, exc)
+        return None
+    if earlier is None:
+        log.warning("run %s has no segment centroids: segment ids start afresh", run_id)
+    return earlier
 
 
 def _top_reason(rejects: DataFrame) -> str:

@@ -7,10 +7,11 @@ from pyspark.sql import DataFrame
 
 from segspark.prepare import FEATURES
 
-SEGMENT = "segment"
+CLUSTER = "cluster"  # k-means' own cluster index
+SEGMENT = "segment"  # the run's segment id (see segments.py)
 
 
-def silhouette(predictions: DataFrame, features_col: str = FEATURES, prediction_col: str = SEGMENT) -> float:
+def silhouette(predictions: DataFrame, features_col: str = FEATURES, prediction_col: str = CLUSTER) -> float:
     """Mean silhouette with squared Euclidean distance, as Spark's ClusteringEvaluator defines it."""
     evaluator = ClusteringEvaluator(
         featuresCol=features_col,

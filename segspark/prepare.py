@@ -68,3 +68,14 @@ def build_pipeline(spec: FeatureSpec) -> Pipeline:
 def scaler_of(model: PipelineModel):
     """The fitted StandardScalerModel of a preparation (or full) PipelineModel."""
     return next(stage for stage in model.stages if type(stage).__name__ == "StandardScalerModel")
+
+
+def vector_columns(preparation: PipelineModel, spec: FeatureSpec) -> list[str]:
+    """A name for each position of the feature vector: numeric features, then ``column=value`` per
+    category (alphabetical) and ``column=(other)`` for the bucket of missing and unseen values."""
+    names = list(spec.numeric)
+    indexers = [stage for stage in preparation.stages if type(stage).__name__ == "StringIndexerModel"]
+    if indexers:
+        for column, labels in zip(spec.categorical, indexers[0].labelsArray, strict=True):
+            names += [f"{column}={label}" for label in labels] + [f"{column}=(other)"]
+    return names

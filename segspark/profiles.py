@@ -13,20 +13,24 @@ import pandas as pd
 import pyspark.sql.functions as F
 from pyspark.sql import DataFrame
 
+from segspark.config import SegmentSettings
+from segspark.errors import ConfigError
 from segspark.metrics import SEGMENT
 from segspark.validate import FeatureSpec
 
 QUARTILES = [0.25, 0.5, 0.75]
 PERCENTILE_ACCURACY = 10_000  # Spark's default: relative error 1/10000 of the rank
-NAME_Z_THRESHOLD = 0.5  # a segment mean half a standard deviation from everyone's is "High"/"Low"
-NAME_MAX_FEATURES = 2
 TYPICAL_NAME = "Typical customers"
 
 
 def profile_segments(
-    assigned: DataFrame, spec: FeatureSpec, centers_original: list[list[float]]
+    assigned: DataFrame,
+    spec: FeatureSpec,
+    centers_original: dict[int, list[float]],
+    settings: SegmentSettings | None = None,
 ) -> pd.DataFrame:
-    """One row per segment: size, share, per-feature mean/quartiles/z-score/centroid, category shares.
+    """One row per segment: name, size, share, per-feature mean/quartiles/z-score/centroid, category
+    shares, and the playbook's suggested ``action``.
 
     ``assigned`` has the raw feature values (NULL where missing) and ``segment``. The z-score compares
     a segment's mean with the mean of all assigned customers, in units of their standard deviation.
@@ -48,7 +52,6 @@ def profile_segments(
     total = int(everyone["size"])
     profile = pd.DataFrame({SEGMENT: segments[SEGMENT], "size": segments["size"].astype("int64")})
     profile["share"] = profile["size"] / total
-    centers = {segment: centers_original[segment] for segment in profile[SEGMENT]}
     for i, c in enumerate(spec.numeric):
         quartiles = segments[f"{c}__quartiles"]
         spread = everyone[f"{c}__std"]
@@ -59,10 +62,12 @@ def profile_segments(
         profile[f"{c}_z"] = (
             (profile[f"{c}_mean"] - everyone[f"{c}__mean"]) / spread if spread and spread > 0 else 0.0
         )
-        profile[f"{c}_centroid"] = [centers[s][i] for s in profile[SEGMENT]]
+        profile[f"{c}_centroid"] = [centers_original[s][i] for s in profile[SEGMENT]]
     for c in spec.categorical:
         profile = profile.merge(category_shares(assigned, c), on=SEGMENT, how="left")
-    profile.insert(1, "segment_name", name_segments(profile, spec.numeric))
+    settings = settings or SegmentSettings()
+    profile.insert(1, "segment_name", name_segments(profile, spec.numeric, settings))
+    profile.insert(4, "action", suggest_actions(profile, spec.numeric, settings))
     return profile
 
 
@@ -80,24 +85,29 @@ def category_shares(assigned: DataFrame, column: str) -> pd.DataFrame:
     return shares.reset_index()
 
 
-def name_segments(profile: pd.DataFrame, numeric: list[str]) -> list[str]:
+def _level(z: float, threshold: float) -> str:
+    return "high" if z >= threshold else "low" if z <= -threshold else "typical"
+
+
+def name_segments(profile: pd.DataFrame, numeric: list[str], settings: SegmentSettings) -> list[str]:
     """Short, unique, deterministic names from each segment's most distinctive features.
 
-    A feature qualifies when the segment mean is at least NAME_Z_THRESHOLD standard deviations from
+    A feature qualifies when the segment mean is at least ``name_threshold`` standard deviations from
     everyone's; the strongest (ties by name) come first: "High annual_income · Low spending_score".
     """
+    threshold, show = settings.name_threshold, settings.display_names
     ranked = []
     for _, row in profile.iterrows():
         scores = [(c, float(row[f"{c}_z"])) for c in numeric if np.isfinite(row[f"{c}_z"])]
-        scores = [s for s in scores if abs(s[1]) >= NAME_Z_THRESHOLD]
+        scores = [s for s in scores if _level(s[1], threshold) != "typical"]
         ranked.append(sorted(scores, key=lambda s: (-abs(s[1]), s[0])))
 
     def label(scores: list[tuple[str, float]], n: int) -> str:
-        parts = [f"{'High' if z > 0 else 'Low'} {c}" for c, z in scores[:n]]
+        parts = [f"{'High' if z > 0 else 'Low'} {show.get(c, c)}" for c, z in scores[:n]]
         return " · ".join(parts) if parts else TYPICAL_NAME
 
-    names = [label(scores, NAME_MAX_FEATURES) for scores in ranked]
-    for n in range(NAME_MAX_FEATURES + 1, len(numeric) + 1):  # lengthen clashing names
+    names = [label(scores, settings.name_features) for scores in ranked]
+    for n in range(settings.name_features + 1, len(numeric) + 1):  # lengthen clashing names
         clashes = {name for name in names if names.count(name) > 1}
         if not clashes:
             break
@@ -110,3 +120,30 @@ def name_segments(profile: pd.DataFrame, numeric: list[str]) -> list[str]:
         seen[name] = seen.get(name, 0) + 1
         unique.append(name if names.count(name) == 1 else f"{name} ({seen[name]})")
     return unique
+
+
+def suggest_actions(profile: pd.DataFrame, numeric: list[str], settings: SegmentSettings) -> list[str | None]:
+    """The actions of every playbook rule a segment matches, in rule order ("; "-joined), or None."""
+    actions = []
+    for _, row in profile.iterrows():
+        matched = [
+            rule.action
+            for rule in settings.playbook
+            if all(
+                _level(float(row[f"{c}_z"]), settings.name_threshold) == level
+                for c, level in rule.when.items()
+            )
+        ]
+        actions.append("; ".join(matched) if matched else None)
+    return actions
+
+
+def check_playbook(settings: SegmentSettings, numeric: list[str]) -> None:
+    """Before any work: every feature a playbook rule names must be a numeric feature of the run."""
+    for i, rule in enumerate(settings.playbook):
+        unknown = sorted(set(rule.when) - set(numeric))
+        if unknown:
+            raise ConfigError(
+                f"segments.playbook[{i}].when: {', '.join(unknown)} is not a numeric feature of this run "
+                f"(features: {', '.join(numeric)})"
+            )

@@ -12,7 +12,7 @@ from pyspark.ml.clustering import KMeans, KMeansModel
 from pyspark.sql import DataFrame
 
 from segspark.config import ModelSettings
-from segspark.metrics import SEGMENT, silhouette
+from segspark.metrics import CLUSTER, silhouette
 from segspark.prepare import FEATURES
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def make_estimator(settings: ModelSettings, k: int) -> KMeans:
         seed=settings.seed,
         maxIter=settings.max_iter,
         featuresCol=FEATURES,
-        predictionCol=SEGMENT,
+        predictionCol=CLUSTER,
     )
 
 

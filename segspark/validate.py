@@ -20,6 +20,7 @@ from segspark.errors import ConfigError, InputDataError
 
 log = logging.getLogger(__name__)
 
+PANDAS_INDEX = "__index_level_"  # the index pandas writes to parquet: a row number, never a feature
 REASON = "reason"
 VALUES = "values"
 
@@ -86,7 +87,7 @@ def resolve_features(df: DataFrame, id_column: str, settings: FeatureSettings) -
     else:
         numeric = []
         for f in df.schema.fields:
-            if f.name == id_column or f.name in settings.categorical:
+            if f.name == id_column or f.name in settings.categorical or f.name.startswith(PANDAS_INDEX):
                 continue
             if not isinstance(f.dataType, T.NumericType):
                 continue

@@ -22,7 +22,7 @@ def _config_file(tmp_path: Path, customers: str, **sections) -> str:
     return str(path)
 
 
-def test_run_prints_a_summary_of_the_published_run(spark, demo_data, tmp_path, capsys):
+def test_run_prints_a_summary_then_score_uses_the_latest_run(spark, demo_data, tmp_path, capsys):
     config = _config_file(tmp_path, demo_data["customers"])
     code = main(
         ["run", "--config", config, "--set", "model.k={min: 4, max: 6}", "--set", "output.run_id=cli"]
@@ -35,6 +35,22 @@ def test_run_prints_a_summary_of_the_published_run(spark, demo_data, tmp_path, c
     assert len(segment_lines) == 5
     assert f"outputs: {tmp_path / 'lake'}/runs/cli" in out
     assert (tmp_path / "lake" / "latest").read_text().strip() == "cli"
+
+    # score the latest run's own input: every customer gets the segment the run gave it
+    scored = tmp_path / "scored"
+    args = ["score", "--run", "latest", "--lake", str(tmp_path / "lake"), "--input", demo_data["customers"]]
+    assert main([*args, "--output", str(scored), "--output-format", "csv"]) == 0
+    assert "scored with run cli: 3000 read, 3000 assigned, 0 rejected" in capsys.readouterr().out
+    ran = pd.read_parquet(tmp_path / "lake" / "runs" / "cli" / "assignments").set_index("customer_id")
+    parts = sorted((scored / "assignments").glob("part-*.csv"))
+    again = pd.concat(pd.read_csv(part) for part in parts).set_index("customer_id").loc[ran.index]
+    assert (again["segment"] == ran["segment"]).all()
+
+
+def test_score_without_a_published_run_exits_3(spark, tmp_path, capsys):
+    args = ["score", "--run", "latest", "--lake", str(tmp_path / "empty"), "--input", "x", "--output", "y"]
+    assert main(args) == 3
+    assert "no published run under" in capsys.readouterr().err
 
 
 def test_config_error_exits_2_with_the_key_named(tmp_path, capsys):

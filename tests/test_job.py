@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from pyspark.ml import PipelineModel
 from sklearn.metrics import adjusted_rand_score
 
-from segspark.config import settings_from_dict
+from segspark.config import CustomersInput, settings_from_dict
 from segspark.errors import InputDataError
 from segspark.generate import FEATURES
 from segspark.job import run
+from segspark.score import score
 from tests.conftest import base_config
 
 OUTPUTS = ["assignments", "k_metrics", "manifest.json", "model", "profiles", "rejects", "sample"]
@@ -127,12 +127,26 @@ def test_segment_names_are_unique_and_describe_the_segment(first_run, joined):
     assert "Low age" in names[young]
 
 
-def test_saved_model_scores_the_input_to_the_same_segments(spark, first_run, demo_data, joined):
-    model = PipelineModel.load(f"{first_run.run_dir}/model")
-    scored = model.transform(spark.read.parquet(demo_data["customers"])).select("customer_id", "segment")
-    rescored = scored.toPandas().merge(joined[["customer_id", "segment"]], on="customer_id")
-    assert len(rescored) == 3000
-    assert (rescored["segment_x"] == rescored["segment_y"]).all()
+def test_scoring_the_runs_own_input_reproduces_its_assignments(spark, first_run, demo_data, joined, tmp_path):
+    source = CustomersInput(path=demo_data["customers"])
+    summary = score(spark, first_run.run_dir, source, str(tmp_path / "scored"))
+    assert summary["rows"] == {"read": 3000, "assigned": 3000, "rejected": 0}
+    scored = pd.read_parquet(tmp_path / "scored" / "assignments").sort_values("customer_id")
+    expected = joined[scored.columns].sort_values("customer_id")
+    pd.testing.assert_frame_equal(scored.reset_index(drop=True), expected.reset_index(drop=True))
+
+
+def test_scoring_applies_the_same_rejects_rules(spark, first_run, demo_data, tmp_path):
+    new = pd.read_parquet(demo_data["customers"]).head(20).astype({"age": float})
+    new.loc[0, "customer_id"] = None
+    new.loc[1, "age"] = float("inf")
+    new.to_parquet(tmp_path / "new.parquet")
+    summary = score(
+        spark, first_run.run_dir, CustomersInput(path=str(tmp_path / "new.parquet")), str(tmp_path / "o")
+    )
+    assert summary["rows"] == {"read": 20, "assigned": 18, "rejected": 2}
+    reasons = sorted(pd.read_parquet(tmp_path / "o" / "rejects")["reason"])
+    assert reasons == ["infinite value in age", "missing customer id"]
 
 
 def test_same_input_and_seed_give_the_same_assignments(spark, first_run, demo_data, lake, joined):

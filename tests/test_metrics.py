@@ -9,7 +9,7 @@ from pyspark.ml.linalg import Vectors
 from sklearn.metrics import silhouette_score
 
 from segspark.config import ModelSettings
-from segspark.metrics import SEGMENT, silhouette
+from segspark.metrics import CLUSTER, silhouette
 from segspark.prepare import FEATURES
 from segspark.sweep import make_estimator
 
@@ -26,8 +26,8 @@ def blobs(spark):
 @pytest.mark.parametrize("k", [2, 3, 4, 5])
 def test_silhouette_matches_scikit_learn_squared_euclidean(blobs, k):
     predictions = make_estimator(ModelSettings(seed=1), k).fit(blobs).transform(blobs)
-    rows = predictions.select(vector_to_array(FEATURES).alias("x"), SEGMENT).orderBy("id").collect()
+    rows = predictions.select(vector_to_array(FEATURES).alias("x"), CLUSTER).orderBy("id").collect()
     points = np.array([r.x for r in rows])
-    labels = np.array([r[SEGMENT] for r in rows])
+    labels = np.array([r[CLUSTER] for r in rows])
     expected = silhouette_score(points, labels, metric="sqeuclidean")
     assert silhouette(predictions) == pytest.approx(expected, abs=1e-9)

@@ -25,6 +25,13 @@ def test_default_features_are_numeric_columns_but_the_id(customers):
     assert spec.sensitive_excluded == ["gender_code"]
 
 
+def test_default_features_skip_the_index_pandas_writes(spark):
+    df = spark.createDataFrame(
+        [("c1", 1.0, 7)], "customer_id STRING, income DOUBLE, __index_level_0__ BIGINT"
+    )
+    assert resolve_features(df, "customer_id", FeatureSettings()).numeric == ["income"]
+
+
 def test_missing_id_column_lists_the_available_ones(customers):
     with pytest.raises(
         InputDataError, match=r"id column 'cust' .* customer_id, income, visits, region, gender_code"

@@ -1,0 +1,100 @@
+"""Scoring new customers with a saved run: the same preparation, the same segment ids and names,
+the same rejects rules.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import numpy as np
+from pyspark.ml import PipelineModel
+from pyspark.sql import SparkSession
+
+from segspark.config import FeatureSettings, SourceSettings, settings_from_dict
+from segspark.errors import InputDataError
+from segspark.job import read_input
+from segspark.lake import Lake, write_table
+from segspark.segments import assignments, with_segment
+from segspark.validate import resolve_features, split_rejects, with_reject_reason
+
+log = logging.getLogger(__name__)
+
+
+def resolve_run(spark: SparkSession, run: str, lake_root: str) -> str:
+    """A run folder from ``RUN_DIR`` or ``latest`` (the newest successful run under ``lake_root``)."""
+    if run != "latest":
+        return run.rstrip("/")
+    lake = Lake(spark, lake_root)
+    run_id = lake.latest_run_id()
+    if run_id is None:
+        raise InputDataError(f"--run latest: no published run under {lake_root} (no {lake.path('latest')})")
+    return lake.run_dir(run_id)
+
+
+def read_manifest(spark: SparkSession, run_dir: str) -> dict[str, Any]:
+    lake = Lake(spark, run_dir)
+    path = f"{run_dir}/manifest.json"
+    if not lake.exists(path):
+        raise InputDataError(
+            f"--run {run_dir}: no manifest.json there; give a folder runs/<run_id> of a lake"
+        )
+    manifest = json.loads(lake.read_text(path))
+    if manifest.get("status") != "succeeded" or "segments" not in manifest:
+        raise InputDataError(
+            f"--run {run_dir}: run {manifest.get('run_id')} did not succeed; it has no model"
+        )
+    return manifest
+
+
+def score(
+    spark: SparkSession, run_dir: str, source: SourceSettings, output: str, fmt: str = "parquet"
+) -> dict[str, Any]:
+    """Assign the customers of ``source`` with the run's model; write ``<output>/assignments``,
+    ``<output>/rejects`` and ``<output>/score.json`` (the row counts); return that summary."""
+    manifest = read_manifest(spark, run_dir)
+    features = manifest["features"]
+    run_settings = manifest["settings"]
+    input_settings = {**source.model_dump(by_alias=True), "id_column": features["id_column"]}
+    settings = settings_from_dict({**run_settings, "input": {"customers": input_settings}})
+    raw, id_column = read_input(spark, settings, {})
+    spec = resolve_features(
+        raw,
+        id_column,
+        FeatureSettings(
+            numeric=features["numeric"],
+            categorical=features["categorical"],
+            log=features["log"],
+            sensitive=settings.features.sensitive,
+            allow_sensitive=features["sensitive_allowed"],
+            missing=settings.features.missing,
+        ),
+    )
+    checked = with_reject_reason(raw, spec, settings.features.missing).persist()
+    try:
+        rows_read = checked.count()
+        valid, rejects = split_rejects(checked, spec)
+        model = PipelineModel.load(f"{run_dir}/model")
+        centers = [np.asarray(c, dtype=float).tolist() for c in model.stages[-1].clusterCenters()]
+        segment_of = {s["cluster"]: s["segment"] for s in manifest["segments"]}
+        names = {s["segment"]: s["segment_name"] for s in manifest["segments"]}
+        scored = assignments(with_segment(model.transform(valid), segment_of), id_column, names, centers)
+        write_table(scored, f"{output}/assignments", fmt)
+        write_table(rejects, f"{output}/rejects", fmt)
+        reader = spark.read.format(fmt).options(header="true")
+        summary = {
+            "run_id": manifest["run_id"],
+            "run_dir": run_dir,
+            "rows": {
+                "read": rows_read,
+                "assigned": reader.load(f"{output}/assignments").count(),
+                "rejected": reader.load(f"{output}/rejects").count(),
+            },
+            "output": output,
+        }
+    finally:
+        checked.unpersist()
+    Lake(spark, output).write_text(f"{output}/score.json", json.dumps(summary, indent=2) + "\n")
+    log.info("scored %s rows with run %s", summary["rows"], manifest["run_id"])
+    return summary
