@@ -124,6 +124,8 @@ def format_summary(manifest: dict, run_dir: str, seconds: float) -> str:
     for segment in manifest["segments"]:
         number, size, share = segment["segment"], segment["size"], segment["share"]
         lines.append(f"  {number:>3}  {size:>10}  {share:6.1%}  {segment['segment_name']}")
+        if segment.get("action"):
+            lines.append(f"{'':>24}-> {segment['action']}")
     lines.append(f"outputs: {run_dir}")
     return "\n".join(lines)
 
