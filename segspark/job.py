@@ -99,7 +99,7 @@ def run(settings: Settings, spark: SparkSession | None = None) -> RunResult:
     spark = spark or get_session(settings.spark)
     run_id = settings.output.run_id or new_run_id()
     lake = Lake(spark, settings.output.path)
-    lake.check_writable()
+    lake.check_writable(run_id)
     staging = lake.staging_dir(run_id)
     lake.delete(staging)
     step = StepTimer(spark)
@@ -309,6 +309,7 @@ def _describe_features(spec: FeatureSpec) -> dict[str, Any]:
         "categorical": spec.categorical,
         "log": spec.log,
         "sensitive_excluded": spec.sensitive_excluded,
+        "not_numeric": spec.not_numeric,
         "sensitive_allowed": spec.sensitive_allowed,
     }
 

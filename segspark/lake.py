@@ -13,9 +13,11 @@ from dataclasses import dataclass
 
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import types as T
 
 from segspark.config import SourceSettings
 from segspark.errors import InputDataError, OutputError
+from segspark.validate import CORRUPT_RECORD
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +32,31 @@ def read_source(spark: SparkSession, source: SourceSettings, name: str = "input.
     try:
         if source.table:
             return spark.table(source.table)
-        reader = spark.read.format(source.format)
         options = {
             str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in source.options.items()
         }
         if source.format == "csv":
             options = {**CSV_DEFAULTS, **options}
-        if source.schema_ddl:
-            reader = reader.schema(source.schema_ddl)
-            options.pop("inferSchema", None)
-        return reader.options(**options).load(source.path)
+        reader = spark.read.format(source.format).options(**options)
+        if source.format not in ("csv", "json"):
+            return (
+                reader.schema(source.schema_ddl).load(source.path)
+                if source.schema_ddl
+                else reader.load(source.path)
+            )
+        # Text formats: keep each line that does not fit the schema in a column of its own, so the
+        # row is rejected with its reason instead of being read as NULLs or dropped.
+        schema = (
+            T.StructType.fromDDL(source.schema_ddl) if source.schema_ddl else reader.load(source.path).schema
+        )
+        if CORRUPT_RECORD not in schema.fieldNames():
+            schema = schema.add(CORRUPT_RECORD, T.StringType())
+        return (
+            reader.schema(schema)
+            .option("mode", "PERMISSIVE")
+            .option("columnNameOfCorruptRecord", CORRUPT_RECORD)
+            .load(source.path)
+        )
     except AnalysisException as exc:
         where = f"table {source.table}" if source.table else f"{source.format} data at {source.path}"
         raise InputDataError(
@@ -133,13 +150,13 @@ class Lake:
 
     # -- runs ---------------------------------------------------------------------------------------
 
-    def check_writable(self) -> None:
+    def check_writable(self, run_id: str = "check") -> None:
         """Fail early, before any work, when the output location is a file or cannot be created."""
         if self.exists(self.root) and not self.is_dir(self.root):
             raise OutputError(f"output.path {self.root} is a file; give a folder for the run outputs")
         try:
             self._fs(self.root).mkdirs(self._hpath(self.path(STAGING_DIR)))
-            probe = self.path(STAGING_DIR, ".write-probe")
+            probe = self.path(STAGING_DIR, f".write-probe-{run_id}")  # one per run: runs may overlap
             self.write_text(probe, "ok")
             self.delete(probe)
         except Exception as exc:  # py4j wraps the Java IOException

@@ -12,6 +12,7 @@ from pyspark.ml.clustering import KMeans, KMeansModel
 from pyspark.sql import DataFrame
 
 from segspark.config import ModelSettings
+from segspark.errors import InputDataError
 from segspark.metrics import CLUSTER, silhouette
 from segspark.prepare import FEATURES
 
@@ -58,11 +59,15 @@ def sweep_k(
 
     ``label(description)`` wraps each fit, so the caller can name the Spark jobs it starts.
     """
-    results = []
+    results: list[KResult] = []
     for k in settings.k_values:
         with label(f"sweep k={k}"):
             started = time.perf_counter()
             model = make_estimator(settings, k).fit(prepared)
+            found = sum(1 for size in model.summary.clusterSizes if size > 0)
+            if found < k:  # more clusters asked than there are distinct customers
+                _clip_warning(found, k, settings)
+                break
             score = silhouette(model.transform(prepared))
             result = KResult(
                 k, score, float(model.summary.trainingCost), time.perf_counter() - started, model
@@ -71,14 +76,35 @@ def sweep_k(
             "k=%d silhouette=%.4f wssse=%.1f (%.1fs)", k, result.silhouette, result.wssse, result.seconds
         )
         results.append(result)
+    if not results:
+        raise InputDataError(
+            f"the usable customers have only {found} distinct feature values, fewer than "
+            f"model.k.min={settings.k.min}. Lower model.k, or check the features and the rejects."
+        )
     return choose_k(results, settings)
+
+
+def _clip_warning(found: int, k: int, settings: ModelSettings) -> None:
+    if found < 2:
+        raise InputDataError(
+            "all usable customers have the same feature values: there is nothing to segment. "
+            "Check the features (features.numeric / features.categorical) and the rejects."
+        )
+    log.warning(
+        "k=%d found only %d distinct groups of customers: the k range %d..%d is clipped at k=%d",
+        k,
+        found,
+        settings.k.min,
+        settings.k.max,
+        k - 1,
+    )
 
 
 def choose_k(results: list[KResult], settings: ModelSettings) -> SweepResult:
     """The highest silhouette wins; a tie goes to the smaller k (fewer segments are easier to act on)."""
     ranked = sorted(results, key=lambda r: (-r.silhouette, r.k))
     chosen = ranked[0]
-    ks = settings.k_values
+    ks = [r.k for r in results]
     rule = f"fixed k={chosen.k}" if len(ks) == 1 else f"highest silhouette over k={ks[0]}..{ks[-1]}"
     return SweepResult(
         algorithm=settings.algorithm,

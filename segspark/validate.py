@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 
 import pyspark.sql.functions as F
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import types as T
 
 from segspark.config import FeatureSettings
@@ -21,6 +21,8 @@ from segspark.errors import ConfigError, InputDataError
 log = logging.getLogger(__name__)
 
 PANDAS_INDEX = "__index_level_"  # the index pandas writes to parquet: a row number, never a feature
+CORRUPT_RECORD = "_corrupt_record"  # Spark's column for csv/json lines it cannot parse (see lake.py)
+DUPLICATE = "duplicate customer id (another row with this id is used)"
 REASON = "reason"
 VALUES = "values"
 
@@ -34,6 +36,7 @@ class FeatureSpec:
     categorical: list[str] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
     sensitive_excluded: list[str] = field(default_factory=list)  # left out of the default selection
+    not_numeric: list[str] = field(default_factory=list)  # likewise, as not numbers
     sensitive_allowed: list[str] = field(default_factory=list)  # used on purpose
 
     @property
@@ -82,21 +85,31 @@ def resolve_features(df: DataFrame, id_column: str, settings: FeatureSettings) -
     types = dict(df.dtypes)
     allowed = set(settings.allow_sensitive)
     excluded: list[str] = []
+    not_numeric: list[str] = []
     if settings.numeric:
         numeric = list(settings.numeric)
     else:
         numeric = []
         for f in df.schema.fields:
-            if f.name == id_column or f.name in settings.categorical or f.name.startswith(PANDAS_INDEX):
+            if f.name in (id_column, CORRUPT_RECORD) or f.name in settings.categorical:
                 continue
-            if not isinstance(f.dataType, T.NumericType):
+            if f.name.startswith(PANDAS_INDEX):
                 continue
             if sensitive_match(f.name, settings.sensitive) and f.name not in allowed:
                 excluded.append(f.name)
-                continue
-            numeric.append(f.name)
+            elif not isinstance(f.dataType, T.NumericType):
+                not_numeric.append(f.name)
+            else:
+                numeric.append(f.name)
         if excluded:
             log.warning("left out of the features as sensitive attributes: %s", ", ".join(excluded))
+        if not_numeric:
+            log.warning(
+                "left out of the features as not numeric: %s. A number column with a stray text value "
+                "reads as text from csv: list it in features.numeric to use it (rows whose value is not "
+                "a number are then rejected), or in features.categorical",
+                ", ".join(not_numeric),
+            )
     for column in settings.log:
         if column not in numeric:
             raise ConfigError(
@@ -130,6 +143,7 @@ def resolve_features(df: DataFrame, id_column: str, settings: FeatureSettings) -
         categorical=list(settings.categorical),
         log=list(settings.log),
         sensitive_excluded=excluded,
+        not_numeric=not_numeric,
         sensitive_allowed=[c for c in chosen if c in allowed and sensitive_match(c, settings.sensitive)],
     )
 
@@ -139,24 +153,20 @@ def _as_double(column: str) -> Column:
     return F.expr(f"try_cast(`{column}` AS DOUBLE)")
 
 
-def _is_finite(value: Column) -> Column:
-    return ~F.isnan(value) & (F.abs(value) != F.lit(float("inf")))
-
-
 def with_reject_reason(df: DataFrame, spec: FeatureSpec, missing: str) -> DataFrame:
     """The input's id and features (numbers as double), ``reason`` (NULL for a usable row) and, for a
     row with a reason, its raw feature ``values`` as JSON."""
     checks: list[Column] = [F.when(F.col(spec.id_column).isNull(), F.lit("missing customer id"))]
+    if CORRUPT_RECORD in df.columns:
+        checks.insert(0, F.when(F.col(CORRUPT_RECORD).isNotNull(), F.lit("malformed line")))
     for column in spec.numeric:
         raw, value = F.col(column), _as_double(column)
-        checks.append(F.when(raw.isNotNull() & value.isNull(), F.lit(f"non-numeric value in {column}")))
+        # blank text counts as missing, like an empty csv field; other text that is no number does not
+        not_a_number = raw.isNotNull() & (F.trim(raw.cast("string")) != "") & value.isNull()
+        checks.append(F.when(not_a_number, F.lit(f"non-numeric value in {column}")))
         if missing == "reject":
-            checks.append(F.when(raw.isNull() | F.isnan(value), F.lit(f"missing value in {column}")))
-        checks.append(
-            F.when(
-                value.isNotNull() & ~F.isnan(value) & ~_is_finite(value), F.lit(f"infinite value in {column}")
-            )
-        )
+            checks.append(F.when(value.isNull() | F.isnan(value), F.lit(f"missing value in {column}")))
+        checks.append(F.when(F.abs(value) == F.lit(float("inf")), F.lit(f"infinite value in {column}")))
         if column in spec.log:
             checks.append(
                 F.when(value < 0, F.lit(f"negative value in {column} (log features need values >= 0)"))
@@ -165,13 +175,35 @@ def with_reject_reason(df: DataFrame, spec: FeatureSpec, missing: str) -> DataFr
         for column in spec.categorical:
             checks.append(F.when(F.col(column).isNull(), F.lit(f"missing value in {column}")))
     reason = F.coalesce(*checks)
-    return df.select(
+    # the offending row as it was read (the whole line when it was malformed), for the rejects table
+    values = F.to_json(F.struct(*[F.col(c) for c in spec.columns]))
+    if CORRUPT_RECORD in df.columns:
+        values = F.coalesce(F.col(CORRUPT_RECORD), values)
+    checked = df.select(
         F.col(spec.id_column),
         *[_as_double(c).alias(c) for c in spec.numeric],
         *[F.col(c).cast("string").alias(c) for c in spec.categorical],
         reason.alias(REASON),
-        # the offending row as it was read, for the rejects table
-        F.when(reason.isNotNull(), F.to_json(F.struct(*[F.col(c) for c in spec.columns]))).alias(VALUES),
+        F.when(reason.isNotNull(), values).alias(VALUES),
+    )
+    return _reject_duplicate_ids(checked, spec)
+
+
+def _reject_duplicate_ids(checked: DataFrame, spec: FeatureSpec) -> DataFrame:
+    """Of the usable rows sharing an id, keep the one with the smallest feature values; reject the rest.
+
+    The choice depends on the values only, never on the input's row order, and the shuffle by id
+    leaves the rows in an order that does not depend on it either, so a run is deterministic.
+    """
+    order = [F.col(REASON).isNotNull(), *[F.col(c).asc_nulls_last() for c in spec.columns]]
+    rank = F.row_number().over(Window.partitionBy(spec.id_column).orderBy(*order))
+    is_duplicate = F.col(REASON).isNull() & F.col(spec.id_column).isNotNull() & (rank > 1)
+    return checked.select(
+        *[F.col(c) for c in [spec.id_column, *spec.columns]],
+        F.when(is_duplicate, F.lit(DUPLICATE)).otherwise(F.col(REASON)).alias(REASON),
+        F.when(is_duplicate, F.to_json(F.struct(*[F.col(c) for c in spec.columns])))
+        .otherwise(F.col(VALUES))
+        .alias(VALUES),
     )
 
 

@@ -69,8 +69,23 @@ def test_csv_with_a_given_schema_uses_it(spark, tmp_path):
         schema="customer_id STRING, annual_income DOUBLE, visits LONG",
     )
     df = read_source(spark, source)
-    assert dict(df.dtypes) == {"customer_id": "string", "annual_income": "double", "visits": "bigint"}
+    assert dict(df.dtypes) == {
+        "customer_id": "string",
+        "annual_income": "double",
+        "visits": "bigint",
+        "_corrupt_record": "string",  # lines that do not fit the schema, rejected by validation
+    }
     assert _rows(df) == EXPECTED
+
+
+def test_malformed_csv_lines_are_kept_whole_for_the_rejects(spark, tmp_path):
+    path = tmp_path / "broken.csv"
+    path.write_text("customer_id,annual_income,visits\na1,100.5,3\na2,7,not-a-number\na3,5\na4,1,2,extra\n")
+    source = CustomersInput(
+        path=str(path), format="csv", schema="customer_id STRING, annual_income DOUBLE, visits INT"
+    )
+    rows = {r.customer_id: r._corrupt_record for r in read_source(spark, source).collect()}
+    assert rows == {"a1": None, "a2": "a2,7,not-a-number", "a3": "a3,5", "a4": "a4,1,2,extra"}
 
 
 def test_csv_reader_options_are_passed_through(spark, tmp_path):
