@@ -155,6 +155,9 @@ def test_same_input_and_seed_give_the_same_assignments(spark, first_run, demo_da
     second = pd.read_parquet(f"{again.run_dir}/assignments").sort_values("customer_id").reset_index(drop=True)
     first = joined[second.columns].sort_values("customer_id").reset_index(drop=True)
     pd.testing.assert_frame_equal(first, second)
+    pd.testing.assert_frame_equal(first_run.profiles, again.profiles)
+    metrics = ["k", "silhouette", "wssse", "chosen"]
+    pd.testing.assert_frame_equal(first_run.k_metrics[metrics], again.k_metrics[metrics])
     assert (lake / "latest").read_text().strip() == "again"
 
 

@@ -142,3 +142,12 @@ def test_migration_matrix_counts_customers_per_old_and_new_segment(two_runs):
         manifest = json.load(file)
     assert manifest["migration"] == migration
     assert "migration" not in two_runs[0].manifest
+
+
+def test_shuffled_input_gives_the_same_profiles_and_metrics(two_runs):
+    first, second = two_runs
+    columns = [c for c in first.profiles.columns if c != "seconds"]
+    # sums over rows in another order may differ in the last bits only
+    pd.testing.assert_frame_equal(first.profiles[columns], second.profiles[columns], rtol=1e-9)
+    metrics = ["k", "silhouette", "wssse", "chosen"]
+    pd.testing.assert_frame_equal(first.k_metrics[metrics], second.k_metrics[metrics], rtol=1e-9)
