@@ -37,6 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--out", required=True, metavar="DIR", help="folder to write into")
     generate.add_argument("--seed", type=int, default=7)
     generate.add_argument("--format", choices=["parquet", "csv"], default="parquet")
+    generate.add_argument(
+        "--orders", action="store_true", help="also write their orders (DIR/orders.<format>/)"
+    )
+    generate.add_argument(
+        "--dirty-orders",
+        action="store_true",
+        help="with --orders: add a few orders the job must reject (dates and amounts written as text)",
+    )
     return parser
 
 
@@ -67,12 +75,19 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from segspark.generate import write_customers
+    from segspark.generate import write_customers, write_orders
 
     if args.customers < 1:
         raise SegsparkError("--customers must be at least 1")
-    paths = write_customers(args.out, args.customers, seed=args.seed, fmt=args.format)
+    if args.dirty_orders and not args.orders:
+        raise SegsparkError("--dirty-orders needs --orders")
+    if args.orders:
+        paths = write_orders(args.out, args.customers, args.seed, args.format, dirty=args.dirty_orders)
+    else:
+        paths = write_customers(args.out, args.customers, seed=args.seed, fmt=args.format)
     print(f"wrote {args.customers} customers to {paths['customers']} (true segments in {paths['truth']})")
+    if args.orders:
+        print(f"wrote their orders to {paths['orders']}")
     return 0
 
 

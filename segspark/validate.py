@@ -142,9 +142,12 @@ def _is_finite(value: Column) -> Column:
     return ~F.isnan(value) & (F.abs(value) != F.lit(float("inf")))
 
 
-def with_reject_reason(df: DataFrame, spec: FeatureSpec, missing: str) -> DataFrame:
+def with_reject_reason(
+    df: DataFrame, spec: FeatureSpec, missing: str, keep: list[str] | tuple[str, ...] = ()
+) -> DataFrame:
     """The input's id and features (numbers as double), ``reason`` (NULL for a usable row) and, for a
-    row with a reason, its raw feature ``values`` as JSON."""
+    row with a reason, its raw feature ``values`` as JSON. ``keep`` columns (not features: e.g. the
+    sensitive ones profiled for the audit) are passed through as they are."""
     checks: list[Column] = [F.when(F.col(spec.id_column).isNull(), F.lit("missing customer id"))]
     for column in spec.numeric:
         raw, value = F.col(column), _as_double(column)
@@ -168,6 +171,7 @@ def with_reject_reason(df: DataFrame, spec: FeatureSpec, missing: str) -> DataFr
         F.col(spec.id_column),
         *[_as_double(c).alias(c) for c in spec.numeric],
         *[F.col(c).cast("string").alias(c) for c in spec.categorical],
+        *[F.col(c) for c in keep],
         reason.alias(REASON),
         # the offending row as it was read, for the rejects table
         F.when(reason.isNotNull(), F.to_json(F.struct(*[F.col(c) for c in spec.columns]))).alias(VALUES),
