@@ -75,12 +75,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    from segspark.errors import ConfigError
     from segspark.generate import write_customers, write_orders
 
     if args.customers < 1:
         raise SegsparkError("--customers must be at least 1")
     if args.dirty_orders and not args.orders:
-        raise SegsparkError("--dirty-orders needs --orders")
+        raise ConfigError("--dirty-orders needs --orders")
     if args.orders:
         paths = write_orders(args.out, args.customers, args.seed, args.format, dirty=args.dirty_orders)
     else:
