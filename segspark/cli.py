@@ -98,6 +98,7 @@ def format_summary(manifest: dict, run_dir: str, seconds: float) -> str:
     lines = [
         f"run {manifest['run_id']} {manifest['status']} in {seconds:.1f}s",
         f"rows: {rows['read']} read, {rows['assigned']} assigned, {rows['rejected']} rejected",
+        *_orders_line(manifest.get("orders")),
         f"k = {k['chosen']} by {k['rule']} (silhouette {k['silhouette']:.3f}"
         + (f"; runner-up k={runner_up['k']} at {runner_up['silhouette']:.3f})" if runner_up else ")"),
         "segments:",
@@ -107,6 +108,16 @@ def format_summary(manifest: dict, run_dir: str, seconds: float) -> str:
         lines.append(f"  {number:>3}  {size:>10}  {share:6.1%}  {segment['segment_name']}")
     lines.append(f"outputs: {run_dir}")
     return "\n".join(lines)
+
+
+def _orders_line(orders: dict | None) -> list[str]:
+    if not orders or "rows" not in orders:
+        return []
+    rows = orders["rows"]
+    return [
+        f"orders: {rows['read']} read, {rows['valid']} valid, {rows['rejected']} rejected "
+        f"(see order_rejects/); as_of {orders['as_of']}"
+    ]
 
 
 COMMANDS = {"run": _run, "generate": _generate}

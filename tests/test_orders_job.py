@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from segspark.cli import main
+from segspark.cli import format_summary, main
 from segspark.config import settings_from_dict
 from segspark.errors import ConfigError
 from segspark.generate import CATEGORIES, ORDER_COLUMNS, write_orders
@@ -91,16 +91,14 @@ def test_a_run_from_orders_alone_segments_every_customer_with_a_valid_order(orde
     assert len(per_customer) == 300
 
 
-def test_manifest_accounts_for_every_order_row(orders_run, data, valid_orders, tmp_path_factory):
-    read = len(pd.read_parquet(data["orders"]))
+def test_manifest_accounts_for_every_order_row(orders_run, data, valid_orders):
+    read, valid = len(pd.read_parquet(data["orders"])), len(valid_orders)
     described = json.loads((Path(orders_run.run_dir) / "manifest.json").read_text())["orders"]
-    assert described["rows"] == {
-        "read": read,
-        "valid": len(valid_orders),
-        "rejected": read - len(valid_orders),
-    }
+    assert described["rows"] == {"read": read, "valid": valid, "rejected": read - valid}
     assert described["rejected_by_reason"] == DIRTY_REASONS
     assert (described["as_of"], described["as_of_rule"]) == (AS_OF, "given (input.orders.as_of)")
+    summary = format_summary(orders_run.manifest, orders_run.run_dir, 1.0)
+    assert f"orders: {read} read, {valid} valid, {read - valid} rejected (see order_rejects/)" in summary
 
 
 def test_order_rejects_hold_each_bad_order_with_its_reason_and_values(orders_run):
