@@ -273,9 +273,7 @@ def read_input(
     described = manifest.setdefault("orders", {})
     described.update(
         as_of=orders.as_of.isoformat(),
-        as_of_rule="given (input.orders.as_of)"
-        if orders.as_of_given
-        else "the day after the last valid order",
+        as_of_rule=AS_OF_GIVEN if orders.as_of_given else AS_OF_DEFAULT,
         features=orders.columns,
         categories=orders.categories,
     )
