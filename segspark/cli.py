@@ -55,6 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--out", required=True, metavar="DIR", help="folder to write into")
     generate.add_argument("--seed", type=int, default=7)
     generate.add_argument("--format", choices=["parquet", "csv"], default="parquet")
+    generate.add_argument(
+        "--orders", action="store_true", help="also write their orders (DIR/orders.<format>/)"
+    )
+    generate.add_argument(
+        "--dirty-orders",
+        action="store_true",
+        help="with --orders: add a few orders the job must reject (dates and amounts written as text)",
+    )
     return parser
 
 
@@ -102,12 +110,20 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from segspark.generate import write_customers
+    from segspark.errors import ConfigError
+    from segspark.generate import write_customers, write_orders
 
     if args.customers < 1:
         raise SegsparkError("--customers must be at least 1")
-    paths = write_customers(args.out, args.customers, seed=args.seed, fmt=args.format)
+    if args.dirty_orders and not args.orders:
+        raise ConfigError("--dirty-orders needs --orders")
+    if args.orders:
+        paths = write_orders(args.out, args.customers, args.seed, args.format, dirty=args.dirty_orders)
+    else:
+        paths = write_customers(args.out, args.customers, seed=args.seed, fmt=args.format)
     print(f"wrote {args.customers} customers to {paths['customers']} (true segments in {paths['truth']})")
+    if args.orders:
+        print(f"wrote their orders to {paths['orders']}")
     return 0
 
 
@@ -117,6 +133,7 @@ def format_summary(manifest: dict, run_dir: str, seconds: float) -> str:
     lines = [
         f"run {manifest['run_id']} {manifest['status']} in {seconds:.1f}s",
         f"rows: {rows['read']} read, {rows['assigned']} assigned, {rows['rejected']} rejected",
+        *_orders_line(manifest.get("orders")),
         f"k = {k['chosen']} by {k['rule']} (silhouette {k['silhouette']:.3f}"
         + (f"; runner-up k={runner_up['k']} at {runner_up['silhouette']:.3f})" if runner_up else ")"),
         "segments:",
@@ -128,6 +145,16 @@ def format_summary(manifest: dict, run_dir: str, seconds: float) -> str:
             lines.append(f"{'':>24}-> {segment['action']}")
     lines.append(f"outputs: {run_dir}")
     return "\n".join(lines)
+
+
+def _orders_line(orders: dict | None) -> list[str]:
+    if not orders or "rows" not in orders:
+        return []
+    rows = orders["rows"]
+    return [
+        f"orders: {rows['read']} read, {rows['valid']} valid, {rows['rejected']} rejected "
+        f"(see order_rejects/); as_of {orders['as_of']}"
+    ]
 
 
 COMMANDS = {"run": _run, "score": _score, "generate": _generate}

@@ -6,6 +6,7 @@ Every module receives typed settings from here; no other module reads YAML or th
 from __future__ import annotations
 
 import re
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,11 +26,22 @@ DEFAULT_SENSITIVE = [
     "caste",
     "nationality",
     "marital_status",
+    "marital",
+    "married",
     "sexual_orientation",
     "disability",
     "pregnancy",
     "political_affiliation",
     "union_membership",
+    # age bands stand in for age itself and for the life stage they imply
+    "age_band",
+    "age_group",
+    "age_bracket",
+    "age_range",
+    "date_of_birth",
+    "birth_date",
+    "national_origin",
+    "citizenship",
 ]
 
 FREE_FORM_MAPS = {"conf", "options"}  # their keys are Spark's, e.g. spark.conf."spark.sql.shuffle.partitions"
@@ -69,8 +81,32 @@ class CustomersInput(SourceSettings):
     id_column: str = "customer_id"
 
 
+class OrdersInput(SourceSettings):
+    """Raw orders, one row per order: behavioural features per customer are built from them."""
+
+    customer_id: str = "customer_id"
+    order_date: str = "order_date"
+    amount: str = "amount"
+    quantity: str | None = None  # optional: total_quantity per customer
+    category: str | None = None  # optional: share of spend per category
+    as_of: date | None = None  # reference date for recency and tenure; default: last order date + 1 day
+    top_categories: int = Field(default=5, ge=0)  # categories with a share_<category> feature, by spend
+    # Spark datetime pattern for text dates that are not ISO (yyyy-MM-dd), e.g. "dd/MM/yyyy"
+    date_format: str | None = None
+
+
 class InputSettings(_Section):
-    customers: CustomersInput
+    customers: CustomersInput | None = None
+    orders: OrdersInput | None = None
+
+    @model_validator(mode="after")
+    def _customers_or_orders(self) -> InputSettings:
+        if self.customers is None and self.orders is None:
+            raise ValueError(
+                "nothing to segment: give input.customers (path or table of a customer table), "
+                "input.orders (path or table of raw orders), or both"
+            )
+        return self
 
 
 class FeatureSettings(_Section):
@@ -205,8 +241,11 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
 
 
 _UNION_TAGS = {"str", "int", "float", "bool", "KRange"}
-_WHERE_INPUT = " (set input.customers.path to the customer table, or input.customers.table)"
-_MISSING_HINTS = {"input": _WHERE_INPUT, "input.customers": _WHERE_INPUT}
+_WHERE_INPUT = (
+    " (set input.customers.path to the customer table, or input.customers.table;"
+    " or input.orders.path / input.orders.table to segment from raw orders)"
+)
+_MISSING_HINTS = {"input": _WHERE_INPUT, "input.customers": _WHERE_INPUT, "input.orders": _WHERE_INPUT}
 
 
 def describe_errors(exc: ValidationError) -> str:

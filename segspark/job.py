@@ -27,10 +27,18 @@ from pyspark.sql import DataFrame, SparkSession
 from segspark import __version__
 from segspark.config import Settings
 from segspark.errors import InputDataError, SegsparkError
+from segspark.features import (
+    FREQUENCY,
+    ORDER_CUSTOMER_ID,
+    REASON,
+    OrderFeatures,
+    join_customers,
+    order_features,
+)
 from segspark.lake import Lake, read_source, write_table
 from segspark.metrics import CLUSTER, SEGMENT
 from segspark.prepare import FEATURES, build_pipeline, scaler_of, vector_columns
-from segspark.profiles import check_playbook, profile_segments
+from segspark.profiles import add_audit_shares, check_playbook, profile_segments
 from segspark.segments import (
     EarlierRun,
     assignments,
@@ -42,10 +50,18 @@ from segspark.segments import (
 )
 from segspark.session import get_session
 from segspark.sweep import sweep_k
-from segspark.validate import FeatureSpec, resolve_features, split_rejects, with_reject_reason
+from segspark.validate import (
+    FeatureSpec,
+    resolve_features,
+    sensitive_match,
+    split_rejects,
+    with_reject_reason,
+)
 
 log = logging.getLogger(__name__)
 
+AS_OF_GIVEN = "given (input.orders.as_of)"
+AS_OF_DEFAULT = "the day after the last valid order"
 REPORT_SAMPLE_ROWS = 5_000  # customers in sample/, the only per-customer data the report sees
 
 
@@ -131,19 +147,27 @@ def run(settings: Settings, spark: SparkSession | None = None) -> RunResult:
 
 def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunResult:
     with step("read"):
-        raw, id_column = read_input(spark, settings, manifest)
+        orders = read_orders(spark, settings, cached)
+        raw, id_column = read_input(spark, settings, manifest, orders)
         spec = resolve_features(raw, id_column, settings.features)
         check_playbook(settings.segments, spec.numeric)
-    manifest["features"] = _describe_features(spec)
+        audit = audit_columns(raw, spec, settings.features.sensitive)
+    manifest["features"] = {
+        **_describe_features(spec),
+        "sensitive_terms": list(settings.features.sensitive),
+        "audit_only": audit,
+    }
 
     with step("validate"):
-        checked = with_reject_reason(raw, spec, settings.features.missing).persist()
+        if orders is not None:
+            manifest["orders"].update(count_orders(orders))
+            if settings.input.customers is not None:
+                manifest["orders"].update(count_matches(raw, orders, id_column))
+        checked = with_reject_reason(raw, spec, settings.features.missing, keep=audit).persist()
         cached.append(checked)
         rows_read = checked.count()
         if rows_read == 0:
-            raise InputDataError(
-                f"the input has no rows ({_where(settings.input.customers)}); nothing to segment"
-            )
+            raise InputDataError(f"the input has no rows ({_where(settings)}); nothing to segment")
         valid, rejects = split_rejects(checked, spec)
         rows_rejected = rejects.count()
         if rows_read == rows_rejected:
@@ -160,7 +184,9 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
 
     with step("prepare"):
         preparation = build_pipeline(spec).fit(valid)
-        prepared = preparation.transform(valid).select(spec.id_column, *spec.columns, FEATURES).persist()
+        prepared = (
+            preparation.transform(valid).select(spec.id_column, *spec.columns, *audit, FEATURES).persist()
+        )
         cached.append(prepared)
 
     with step("sweep"):
@@ -185,6 +211,7 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
     with step("profile"):
         originals = {segment_of[c]: original_units(centers_unscaled[c], spec) for c in segment_of}
         profiles = profile_segments(assigned, spec, originals, settings.segments)
+        profiles = add_audit_shares(profiles, assigned, audit)
         names = dict(zip(profiles[SEGMENT], profiles["segment_name"], strict=True))
 
     k_metrics = pd.DataFrame(
@@ -203,9 +230,14 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
             sample.withColumn("segment_name", lookup(names, F.col(SEGMENT))), f"{staging}/sample", fmt
         )
         model.write().overwrite().save(f"{staging}/model")
+    if orders is not None:
+        with step("write order rejects"):
+            write_table(orders.rejects, f"{staging}/order_rejects", fmt)
     with step("verify"):
         written = spark.read.format(fmt).options(header="true").load(f"{staging}/assignments")
         rows_assigned = written.count()
+        if orders is not None:
+            verify_order_accounting(spark, manifest["orders"]["rows"], f"{staging}/order_rejects", fmt)
     if earlier is not None:
         with step("migration"):
             earlier_assignments = (
@@ -249,6 +281,7 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
         outputs={
             name: f"{run_dir}/{name}"
             for name in ("assignments", "profiles", "k_metrics", "rejects", "model", "sample")
+            + (("order_rejects",) if orders is not None else ())
         },
     )
     lake.write_text(f"{staging}/manifest.json", _to_json(manifest))
@@ -256,10 +289,102 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
     return RunResult(manifest["run_id"], run_dir, manifest, profiles, k_metrics)
 
 
-def read_input(spark: SparkSession, settings: Settings, manifest: dict[str, Any]) -> tuple[DataFrame, str]:
-    """The customer rows to segment and their id column."""
-    source = settings.input.customers
-    return read_source(spark, source), source.id_column
+def read_input(
+    spark: SparkSession,
+    settings: Settings,
+    manifest: dict[str, Any],
+    orders: OrderFeatures | None = None,
+) -> tuple[DataFrame, str]:
+    """The customer rows to segment and their id column.
+
+    From the customer table; from the orders alone (one row per customer with a valid order, id
+    ``customer_id``); or the customer table left-joined with the order features (see
+    ``features.join_customers`` for customers without orders). ``orders``: features already built by
+    ``read_orders`` (built here when not given).
+    """
+    customers = settings.input.customers
+    if settings.input.orders is None:
+        return read_source(spark, customers), customers.id_column
+    orders = orders or read_orders(spark, settings)
+    described = manifest.setdefault("orders", {})
+    described.update(
+        as_of=orders.as_of.isoformat(),
+        as_of_rule=AS_OF_GIVEN if orders.as_of_given else AS_OF_DEFAULT,
+        features=orders.columns,
+        categories=orders.categories,
+    )
+    if customers is None:
+        return orders.features, ORDER_CUSTOMER_ID
+    joined, replaced = join_customers(read_source(spark, customers), customers.id_column, orders)
+    if replaced:
+        log.warning(
+            "customer columns replaced by the features built from the orders: %s", ", ".join(replaced)
+        )
+    described["replaced_customer_columns"] = replaced
+    return joined, customers.id_column
+
+
+def read_orders(
+    spark: SparkSession, settings: Settings, cached: list[DataFrame] | None = None
+) -> OrderFeatures | None:
+    """Behavioural features from ``input.orders`` (None without it); the checked orders are cached."""
+    source = settings.input.orders
+    if source is None:
+        return None
+    return order_features(read_source(spark, source, "input.orders"), source, cached)
+
+
+def count_orders(orders: OrderFeatures) -> dict[str, Any]:
+    """Order rows read, valid and rejected (with the count per reason): one aggregation, a few rows."""
+    per_reason = {row[REASON]: row["count"] for row in orders.checked.groupBy(REASON).count().collect()}
+    valid = per_reason.pop(None, 0)
+    rejected = sum(per_reason.values())
+    if valid == 0:
+        raise InputDataError(
+            f"input.orders: all {rejected} order rows were rejected; reasons: {per_reason}. "
+            "Check the column mapping input.orders.customer_id / order_date / amount."
+        )
+    if rejected:
+        log.warning("%d of %d order rows rejected (see order_rejects/)", rejected, valid + rejected)
+    customers = orders.features.count()
+    return {
+        "rows": {"read": valid + rejected, "valid": valid, "rejected": rejected},
+        "rejected_by_reason": dict(sorted(per_reason.items())),
+        "customers_with_orders": customers,
+    }
+
+
+def count_matches(joined: DataFrame, orders: OrderFeatures, id_column: str) -> dict[str, int]:
+    """How well customers and orders match: customer rows without a valid order, and customers with
+    valid orders that are not in the customer table (their orders are valid but nobody is segmented)."""
+    ids = joined.select(F.col(id_column).cast("string").alias(ORDER_CUSTOMER_ID))
+    unknown = orders.features.select(F.col(ORDER_CUSTOMER_ID).cast("string").alias(ORDER_CUSTOMER_ID)).join(
+        ids, on=ORDER_CUSTOMER_ID, how="left_anti"
+    )
+    without = joined.filter(F.col(FREQUENCY) == 0).count()
+    not_in_customers = unknown.count()
+    if not_in_customers:
+        log.warning("%d customers with orders are not in input.customers: not segmented", not_in_customers)
+    return {"customers_without_orders": without, "customers_with_orders_not_in_customers": not_in_customers}
+
+
+def verify_order_accounting(spark: SparkSession, rows: dict[str, int], path: str, fmt: str) -> None:
+    """Order rows read = valid + rejected, with the rejected ones counted where they were written."""
+    written = spark.read.format(fmt).options(header="true").load(path).count()
+    if written != rows["rejected"] or rows["valid"] + written != rows["read"]:
+        raise SegsparkError(
+            f"order accounting failed: read {rows['read']}, valid {rows['valid']}, "
+            f"rejected {rows['rejected']}, written to order_rejects {written}; the run was not published"
+        )
+
+
+def audit_columns(raw: DataFrame, spec: FeatureSpec, sensitive: list[str]) -> list[str]:
+    """Sensitive columns in the input that are not features: profiled per segment for the audit only."""
+    return [
+        c
+        for c in raw.columns
+        if c != spec.id_column and c not in spec.columns and sensitive_match(c, sensitive) is not None
+    ]
 
 
 def report_sample(assigned: DataFrame, spec: FeatureSpec, rows: int, seed: int) -> DataFrame:
@@ -298,7 +423,8 @@ def _top_reason(rejects: DataFrame) -> str:
     return f"{row['reason']} ({row['count']} rows)" if row else "none"
 
 
-def _where(source) -> str:
+def _where(settings: Settings) -> str:
+    source = settings.input.customers or settings.input.orders
     return f"table {source.table}" if source.table else f"{source.format} at {source.path}"
 
 

@@ -147,3 +147,34 @@ def check_playbook(settings: SegmentSettings, numeric: list[str]) -> None:
                 f"segments.playbook[{i}].when: {', '.join(unknown)} is not a numeric feature of this run "
                 f"(features: {', '.join(numeric)})"
             )
+
+
+AUDIT_PREFIX = "audit_"  # profile columns of sensitive attributes: for auditing the segments, never features
+AUDIT_MAX_VALUES = 20  # the most common values get a column each; the rest are counted as "(other)"
+
+
+def add_audit_shares(profile: pd.DataFrame, assigned: DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Share of each value of each sensitive column within each segment, as ``audit_<c>=<v>_share``.
+
+    The columns were refused as features; profiling them lets a team check whether the segments split
+    along them anyway. Only the AUDIT_MAX_VALUES commonest values get a column of their own.
+    """
+    for column in columns:
+        text = F.col(column).cast("string")
+        common = [
+            row["value"]
+            for row in assigned.filter(text.isNotNull())
+            .groupBy(text.alias("value"))
+            .count()
+            .orderBy(F.desc("count"), F.asc("value"))
+            .limit(AUDIT_MAX_VALUES)
+            .collect()
+        ]
+        bucketed = assigned.select(
+            F.col(SEGMENT),
+            F.when(text.isNull() | text.isin(*common), text).otherwise(F.lit("(other)")).alias(column),
+        )
+        shares = category_shares(bucketed, column)
+        shares.columns = [c if c == SEGMENT else f"{AUDIT_PREFIX}{c}" for c in shares.columns]
+        profile = profile.merge(shares, on=SEGMENT, how="left")
+    return profile

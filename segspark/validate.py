@@ -153,9 +153,12 @@ def _as_double(column: str) -> Column:
     return F.expr(f"try_cast(`{column}` AS DOUBLE)")
 
 
-def with_reject_reason(df: DataFrame, spec: FeatureSpec, missing: str) -> DataFrame:
+def with_reject_reason(
+    df: DataFrame, spec: FeatureSpec, missing: str, keep: list[str] | tuple[str, ...] = ()
+) -> DataFrame:
     """The input's id and features (numbers as double), ``reason`` (NULL for a usable row) and, for a
-    row with a reason, its raw feature ``values`` as JSON."""
+    row with a reason, its raw feature ``values`` as JSON. ``keep`` columns (not features: e.g. the
+    sensitive ones profiled for the audit) are passed through as they are."""
     checks: list[Column] = [F.when(F.col(spec.id_column).isNull(), F.lit("missing customer id"))]
     if CORRUPT_RECORD in df.columns:
         checks.insert(0, F.when(F.col(CORRUPT_RECORD).isNotNull(), F.lit("malformed line")))
@@ -183,6 +186,7 @@ def with_reject_reason(df: DataFrame, spec: FeatureSpec, missing: str) -> DataFr
         F.col(spec.id_column),
         *[_as_double(c).alias(c) for c in spec.numeric],
         *[F.col(c).cast("string").alias(c) for c in spec.categorical],
+        *[F.col(c) for c in keep],
         reason.alias(REASON),
         F.when(reason.isNotNull(), values).alias(VALUES),
     )
@@ -199,7 +203,7 @@ def _reject_duplicate_ids(checked: DataFrame, spec: FeatureSpec) -> DataFrame:
     rank = F.row_number().over(Window.partitionBy(spec.id_column).orderBy(*order))
     is_duplicate = F.col(REASON).isNull() & F.col(spec.id_column).isNotNull() & (rank > 1)
     return checked.select(
-        *[F.col(c) for c in [spec.id_column, *spec.columns]],
+        *[F.col(c) for c in checked.columns if c not in (REASON, VALUES)],
         F.when(is_duplicate, F.lit(DUPLICATE)).otherwise(F.col(REASON)).alias(REASON),
         F.when(is_duplicate, F.to_json(F.struct(*[F.col(c) for c in spec.columns])))
         .otherwise(F.col(VALUES))

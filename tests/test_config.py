@@ -46,7 +46,7 @@ def test_unsupported_format_lists_the_supported_ones():
 
 
 def test_missing_input_section_says_what_to_set():
-    with pytest.raises(ConfigError, match=r"input: required .*input\.customers\.path"):
+    with pytest.raises(ConfigError, match=r"input: required .*input\.customers\.path.*input\.orders\.path"):
         settings_from_dict({})
 
 
@@ -128,3 +128,21 @@ def test_run_id_must_be_a_safe_folder_name():
 def test_shipped_configs_are_valid(name):
     settings = load_settings(REPO / "conf" / name)
     assert settings.input.customers.path
+
+
+def test_orders_alone_are_enough_and_have_sensible_defaults():
+    settings = settings_from_dict({"input": {"orders": {"path": "orders.csv", "format": "csv"}}})
+    assert settings.input.customers is None
+    orders = settings.input.orders
+    assert (orders.customer_id, orders.order_date, orders.amount) == ("customer_id", "order_date", "amount")
+    assert (orders.quantity, orders.category, orders.as_of, orders.top_categories) == (None, None, None, 5)
+
+
+def test_input_without_customers_or_orders_names_both_keys():
+    with pytest.raises(ConfigError, match=r"nothing to segment: give input\.customers .*input\.orders"):
+        settings_from_dict({"input": {}})
+
+
+def test_orders_as_of_must_be_a_date():
+    with pytest.raises(ConfigError, match=r"input\.orders\.as_of: .*'last friday'"):
+        settings_from_dict({"input": {"orders": {"path": "o.csv", "as_of": "last friday"}}})
