@@ -25,6 +25,7 @@ import datetime as dt
 import logging
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyspark.sql.functions as F
 from pyspark.sql import Column, DataFrame
@@ -32,14 +33,13 @@ from pyspark.sql import types as T
 
 from segspark.config import OrdersInput
 from segspark.errors import InputDataError
+from segspark.validate import REASON, VALUES, as_double
 
 log = logging.getLogger(__name__)
 
 ORDER_CUSTOMER_ID = "customer_id"  # the id column of the features, whatever the orders call it
 DAYS_PER_MONTH = 365.25 / 12  # 30.4375: the mean month of the Gregorian calendar
 MIN_TENURE_MONTHS = 1.0
-REASON = "reason"
-VALUES = "values"
 
 # columns of the checked orders
 ORDER_DATE = "order_date"
@@ -124,7 +124,7 @@ def check_orders(orders: DataFrame, source: OrdersInput) -> DataFrame:
             )
     customer_id = F.col(source.customer_id)
     raw_date, order_date = F.col(source.order_date), _parsed_date(orders, source)
-    raw_amount, amount = F.col(source.amount), _as_double(source.amount)
+    raw_amount, amount = F.col(source.amount), as_double(source.amount)
     checks: list[Column] = [
         F.when(
             customer_id.isNull() | (F.trim(customer_id.cast("string")) == ""), F.lit("missing customer id")
@@ -139,7 +139,7 @@ def check_orders(orders: DataFrame, source: OrdersInput) -> DataFrame:
         checks.append(F.when(order_date > F.lit(source.as_of), F.lit("order date after as_of")))
     quantity = F.lit(None).cast("double")
     if source.quantity:
-        raw_quantity, quantity = F.col(source.quantity), _as_double(source.quantity)
+        raw_quantity, quantity = F.col(source.quantity), as_double(source.quantity)
         checks += [
             F.when(
                 raw_quantity.isNotNull() & (quantity.isNull() | ~_is_finite(quantity)),
@@ -291,6 +291,40 @@ def join_customers(
     return joined.select(*[F.col(c) for c in kept], *filled), replaced
 
 
+def count_orders(orders: OrderFeatures) -> dict[str, Any]:
+    """Order rows read, valid and rejected (with the count per reason): one aggregation, a few rows."""
+    per_reason = {row[REASON]: row["count"] for row in orders.checked.groupBy(REASON).count().collect()}
+    valid = per_reason.pop(None, 0)
+    rejected = sum(per_reason.values())
+    if valid == 0:
+        raise InputDataError(
+            f"input.orders: all {rejected} order rows were rejected; reasons: {per_reason}. "
+            "Check the column mapping input.orders.customer_id / order_date / amount."
+        )
+    if rejected:
+        log.warning("%d of %d order rows rejected (see order_rejects/)", rejected, valid + rejected)
+    customers = orders.features.count()
+    return {
+        "rows": {"read": valid + rejected, "valid": valid, "rejected": rejected},
+        "rejected_by_reason": dict(sorted(per_reason.items())),
+        "customers_with_orders": customers,
+    }
+
+
+def count_matches(joined: DataFrame, orders: OrderFeatures, id_column: str) -> dict[str, int]:
+    """How well customers and orders match: customer rows without a valid order, and customers with
+    valid orders that are not in the customer table (their orders are valid but nobody is segmented)."""
+    ids = joined.select(F.col(id_column).cast("string").alias(ORDER_CUSTOMER_ID))
+    unknown = orders.features.select(F.col(ORDER_CUSTOMER_ID).cast("string").alias(ORDER_CUSTOMER_ID)).join(
+        ids, on=ORDER_CUSTOMER_ID, how="left_anti"
+    )
+    without = joined.filter(F.col(FREQUENCY) == 0).count()
+    not_in_customers = unknown.count()
+    if not_in_customers:
+        log.warning("%d customers with orders are not in input.customers: not segmented", not_in_customers)
+    return {"customers_without_orders": without, "customers_with_orders_not_in_customers": not_in_customers}
+
+
 def _parsed_date(orders: DataFrame, source: OrdersInput) -> Column:
     """The order date as DATE: dates as they are, timestamps truncated, text parsed (NULL if it fails)."""
     column = source.order_date
@@ -303,11 +337,6 @@ def _parsed_date(orders: DataFrame, source: OrdersInput) -> Column:
     if source.date_format:
         return F.try_to_timestamp(text, F.lit(source.date_format)).cast("date")
     return F.expr(f"try_cast(CAST(`{column}` AS STRING) AS DATE)")
-
-
-def _as_double(column: str) -> Column:
-    """Text that is not a number becomes NULL instead of failing the job."""
-    return F.expr(f"try_cast(`{column}` AS DOUBLE)")
 
 
 def _is_finite(value: Column) -> Column:

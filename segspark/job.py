@@ -28,10 +28,10 @@ from segspark import __version__
 from segspark.config import Settings
 from segspark.errors import InputDataError, SegsparkError
 from segspark.features import (
-    FREQUENCY,
     ORDER_CUSTOMER_ID,
-    REASON,
     OrderFeatures,
+    count_matches,
+    count_orders,
     join_customers,
     order_features,
 )
@@ -332,40 +332,6 @@ def read_orders(
     if source is None:
         return None
     return order_features(read_source(spark, source, "input.orders"), source, cached)
-
-
-def count_orders(orders: OrderFeatures) -> dict[str, Any]:
-    """Order rows read, valid and rejected (with the count per reason): one aggregation, a few rows."""
-    per_reason = {row[REASON]: row["count"] for row in orders.checked.groupBy(REASON).count().collect()}
-    valid = per_reason.pop(None, 0)
-    rejected = sum(per_reason.values())
-    if valid == 0:
-        raise InputDataError(
-            f"input.orders: all {rejected} order rows were rejected; reasons: {per_reason}. "
-            "Check the column mapping input.orders.customer_id / order_date / amount."
-        )
-    if rejected:
-        log.warning("%d of %d order rows rejected (see order_rejects/)", rejected, valid + rejected)
-    customers = orders.features.count()
-    return {
-        "rows": {"read": valid + rejected, "valid": valid, "rejected": rejected},
-        "rejected_by_reason": dict(sorted(per_reason.items())),
-        "customers_with_orders": customers,
-    }
-
-
-def count_matches(joined: DataFrame, orders: OrderFeatures, id_column: str) -> dict[str, int]:
-    """How well customers and orders match: customer rows without a valid order, and customers with
-    valid orders that are not in the customer table (their orders are valid but nobody is segmented)."""
-    ids = joined.select(F.col(id_column).cast("string").alias(ORDER_CUSTOMER_ID))
-    unknown = orders.features.select(F.col(ORDER_CUSTOMER_ID).cast("string").alias(ORDER_CUSTOMER_ID)).join(
-        ids, on=ORDER_CUSTOMER_ID, how="left_anti"
-    )
-    without = joined.filter(F.col(FREQUENCY) == 0).count()
-    not_in_customers = unknown.count()
-    if not_in_customers:
-        log.warning("%d customers with orders are not in input.customers: not segmented", not_in_customers)
-    return {"customers_without_orders": without, "customers_with_orders_not_in_customers": not_in_customers}
 
 
 def verify_order_accounting(spark: SparkSession, rows: dict[str, int], path: str, fmt: str) -> None:

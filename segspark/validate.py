@@ -148,7 +148,7 @@ def resolve_features(df: DataFrame, id_column: str, settings: FeatureSettings) -
     )
 
 
-def _as_double(column: str) -> Column:
+def as_double(column: str) -> Column:
     """A numeric column as double; text that is not a number becomes NULL instead of failing the job."""
     return F.expr(f"try_cast(`{column}` AS DOUBLE)")
 
@@ -163,7 +163,7 @@ def with_reject_reason(
     if CORRUPT_RECORD in df.columns:
         checks.insert(0, F.when(F.col(CORRUPT_RECORD).isNotNull(), F.lit("malformed line")))
     for column in spec.numeric:
-        raw, value = F.col(column), _as_double(column)
+        raw, value = F.col(column), as_double(column)
         # blank text counts as missing, like an empty csv field; other text that is no number does not
         not_a_number = raw.isNotNull() & (F.trim(raw.cast("string")) != "") & value.isNull()
         checks.append(F.when(not_a_number, F.lit(f"non-numeric value in {column}")))
@@ -184,7 +184,7 @@ def with_reject_reason(
         values = F.coalesce(F.col(CORRUPT_RECORD), values)
     checked = df.select(
         F.col(spec.id_column),
-        *[_as_double(c).alias(c) for c in spec.numeric],
+        *[as_double(c).alias(c) for c in spec.numeric],
         *[F.col(c).cast("string").alias(c) for c in spec.categorical],
         *[F.col(c) for c in keep],
         reason.alias(REASON),
