@@ -136,6 +136,13 @@ def format_summary(manifest: dict, run_dir: str, seconds: float) -> str:
         *_orders_line(manifest.get("orders")),
         f"k = {k['chosen']} by {k['rule']} (silhouette {k['silhouette']:.3f}"
         + (f"; runner-up k={runner_up['k']} at {runner_up['silhouette']:.3f})" if runner_up else ")"),
+    ]
+    if k.get("stability"):
+        stability = k["stability"]
+        lines.append(
+            f"stability: mean adjusted Rand index {stability['mean_ari']:.3f} over {stability['runs']} refits"
+        )
+    lines += [
         "segments:",
     ]
     for segment in manifest["segments"]:

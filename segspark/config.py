@@ -130,11 +130,17 @@ class KRange(_Section):
 
 
 class ModelSettings(_Section):
-    algorithm: Literal["kmeans"] = "kmeans"
+    algorithm: Literal["kmeans", "bisecting_kmeans", "gaussian_mixture"] = "kmeans"
     k: KRange = Field(default_factory=KRange)
-    selection: Literal["silhouette"] = "silhouette"
+    # how k is chosen; a single k (model.k: 5) is used as given
+    selection: Literal["silhouette", "elbow", "gap", "calinski_harabasz", "davies_bouldin"] = "silhouette"
+    prefer: KRange | None = None  # e.g. {min: 3, max: 5}: the best k inside this range wins
     seed: int = 42
     max_iter: int = Field(default=20, ge=1)
+    restarts: int = Field(default=3, ge=1)  # fits per k from different seeds; the lowest WSSSE is kept
+    gap: bool = False  # compute the gap statistic even when selection is not gap (it costs B fits per k)
+    gap_references: int = Field(default=10, ge=2)  # B, the reference data sets of the gap statistic
+    stability_runs: int = Field(default=0, ge=0)  # refits of the chosen k on bootstrap samples; 0: off
 
     @field_validator("k", mode="before")
     @classmethod

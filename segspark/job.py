@@ -49,7 +49,7 @@ from segspark.segments import (
     with_segment,
 )
 from segspark.session import get_session
-from segspark.sweep import sweep_k
+from segspark.sweep import centers_of, sweep_k
 from segspark.validate import (
     FeatureSpec,
     resolve_features,
@@ -197,7 +197,7 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
     with step("assign"):
         scaler = scaler_of(preparation)
         mean, std = scaler.mean.toArray(), scaler.std.toArray()
-        centers = np.array([np.asarray(c, dtype=float) for c in chosen.clusterCenters()])
+        centers = np.array(centers_of(chosen))
         centers_unscaled = centers * std + mean
         clustered = chosen.transform(prepared)
         sizes = {r[CLUSTER]: r["count"] for r in clustered.groupBy(CLUSTER).count().collect()}
@@ -263,7 +263,9 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
             "chosen": sweep.chosen.k,
             "silhouette": sweep.chosen.silhouette,
             "rule": sweep.rule,
+            "selection": settings.model.selection,
             "runner_up": _describe_k(sweep.runner_up),
+            "stability": sweep.stability or None,
             "metrics": k_metrics.to_dict(orient="records"),
         },
         space={"vector_columns": columns, "scaler_mean": mean.tolist(), "scaler_std": std.tolist()},

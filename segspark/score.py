@@ -8,7 +8,6 @@ import json
 import logging
 from typing import Any
 
-import numpy as np
 from pyspark.ml import PipelineModel
 from pyspark.sql import SparkSession
 
@@ -17,6 +16,7 @@ from segspark.errors import InputDataError
 from segspark.job import read_input
 from segspark.lake import Lake, write_table
 from segspark.segments import assignments, with_segment
+from segspark.sweep import centers_of
 from segspark.validate import resolve_features, split_rejects, with_reject_reason
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def score(
         rows_read = checked.count()
         valid, rejects = split_rejects(checked, spec)
         model = PipelineModel.load(f"{run_dir}/model")
-        centers = [np.asarray(c, dtype=float).tolist() for c in model.stages[-1].clusterCenters()]
+        centers = centers_of(model.stages[-1])
         segment_of = {s["cluster"]: s["segment"] for s in manifest["segments"]}
         names = {s["segment"]: s["segment_name"] for s in manifest["segments"]}
         scored = assignments(with_segment(model.transform(valid), segment_of), id_column, names, centers)

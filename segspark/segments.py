@@ -21,6 +21,7 @@ from scipy.optimize import linear_sum_assignment
 
 from segspark.metrics import CLUSTER, SEGMENT
 from segspark.prepare import FEATURES
+from segspark.sweep import PROBABILITY, max_probability
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +107,14 @@ def distance_to_center(centers: list[list[float]]) -> Column:
 def assignments(
     segmented: DataFrame, id_column: str, names: dict[int, str], centers: list[list[float]]
 ) -> DataFrame:
-    """The assignments table: customer_id, segment, segment_name, distance."""
+    """The assignments table: customer_id, segment, segment_name, distance (+ probability for mixtures)."""
+    mixture = [max_probability().alias("probability")] if PROBABILITY in segmented.columns else []
     return segmented.select(
         F.col(id_column).alias(OUTPUT_ID),
         F.col(SEGMENT),
         lookup(names, F.col(SEGMENT)).alias("segment_name"),
         distance_to_center(centers).alias("distance"),
+        *mixture,
     )
 
 

@@ -1,34 +1,79 @@
-"""Fitting each k, collecting the metrics per k, and choosing k."""
+"""Fitting each k (and algorithm), collecting the metrics per k, and choosing k.
+
+Per k: ``model.restarts`` fits from different seeds (k-means|| initialisation for k-means), keeping
+the best (lowest WSSSE; highest log-likelihood for a Gaussian mixture); then silhouette, WSSSE,
+Calinski-Harabasz, Davies-Bouldin and, when asked, the gap statistic. k is chosen by
+``model.selection``, inside ``model.prefer`` when given.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-from pyspark.ml.clustering import KMeans, KMeansModel
+import numpy as np
+import pyspark.sql.functions as F
+from pyspark.ml.clustering import BisectingKMeans, GaussianMixture, KMeans
+from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 
 from segspark.config import ModelSettings
 from segspark.errors import InputDataError
-from segspark.metrics import CLUSTER, silhouette
+from segspark.metrics import (
+    CLUSTER,
+    ClusterStats,
+    Gap,
+    adjusted_rand,
+    cluster_stats,
+    gap_statistic,
+    knee_scores,
+    reference_sets,
+    silhouette,
+)
 from segspark.prepare import FEATURES
 
 log = logging.getLogger(__name__)
+
+PROBABILITY = "probability"  # a Gaussian mixture's membership probabilities
+STABILITY_CLUSTER = "stability_cluster"
+STABILITY_SEED_OFFSET = 1000  # seeds of the stability refits, apart from those of the restarts
+
+Label = Callable[[str], AbstractContextManager]
 
 
 @dataclass
 class KResult:
     k: int
+    model: Any  # KMeansModel | BisectingKMeansModel | GaussianMixtureModel
     silhouette: float
-    wssse: float
+    stats: ClusterStats
+    clusters: int  # non-empty clusters: k, unless bisecting or a mixture left some empty
     seconds: float
-    model: KMeansModel
+    restart_gain: float  # relative improvement of the objective by the restarts over the first fit
+    gap: Gap | None = None
+
+    @property
+    def wssse(self) -> float:
+        return self.stats.wssse
 
     def metrics(self) -> dict[str, float | int]:
-        return {"k": self.k, "silhouette": self.silhouette, "wssse": self.wssse, "seconds": self.seconds}
+        return {
+            "k": self.k,
+            "clusters": self.clusters,
+            "silhouette": self.silhouette,
+            "wssse": self.wssse,
+            "calinski_harabasz": self.stats.calinski_harabasz,
+            "davies_bouldin": self.stats.davies_bouldin,
+            "gap": self.gap.gap if self.gap else math.nan,
+            "gap_sd": self.gap.sd if self.gap else math.nan,
+            "restart_gain": self.restart_gain,
+            "seconds": self.seconds,
+        }
 
 
 @dataclass
@@ -38,42 +83,93 @@ class SweepResult:
     chosen: KResult
     rule: str
     runner_up: KResult | None
+    stability: dict[str, Any] = field(default_factory=dict)
 
 
-def make_estimator(settings: ModelSettings, k: int) -> KMeans:
-    return KMeans(
-        k=k,
-        seed=settings.seed,
-        maxIter=settings.max_iter,
-        featuresCol=FEATURES,
-        predictionCol=CLUSTER,
-    )
+def make_estimator(settings: ModelSettings, k: int, seed: int | None = None):
+    common = {
+        "k": k,
+        "seed": settings.seed if seed is None else seed,
+        "maxIter": settings.max_iter,
+        "featuresCol": FEATURES,
+        "predictionCol": CLUSTER,
+    }
+    if settings.algorithm == "bisecting_kmeans":
+        return BisectingKMeans(**common)
+    if settings.algorithm == "gaussian_mixture":
+        return GaussianMixture(**common, probabilityCol=PROBABILITY)
+    return KMeans(**common)
+
+
+def centers_of(model) -> list[list[float]]:
+    """Cluster centres (a mixture's component means) as lists, in cluster-index order."""
+    if hasattr(model, "clusterCenters"):
+        return [np.asarray(c, dtype=float).tolist() for c in model.clusterCenters()]
+    return [row["mean"].toArray().tolist() for row in model.gaussiansDF.collect()]
+
+
+def _objective(model) -> float:
+    """What restarts minimise: k-means' cost, or a mixture's negative log-likelihood."""
+    summary = model.summary
+    return -float(summary.logLikelihood) if hasattr(summary, "logLikelihood") else float(summary.trainingCost)
 
 
 def sweep_k(
-    prepared: DataFrame,
-    settings: ModelSettings,
-    label: Callable[[str], AbstractContextManager] = lambda _: nullcontext(),
+    prepared: DataFrame, settings: ModelSettings, label: Label = lambda _: nullcontext()
 ) -> SweepResult:
-    """Fit every k in the range on ``prepared`` (cache it first) and choose k by the best silhouette.
+    """Fit every k in the range on ``prepared`` (cache it first) and choose k.
 
     ``label(description)`` wraps each fit, so the caller can name the Spark jobs it starts.
     """
+    with_gap = settings.gap or settings.selection == "gap"
+    references = reference_sets(prepared, settings.gap_references, settings.seed) if with_gap else []
     results: list[KResult] = []
+    found = 0
     for k in settings.k_values:
         with label(f"sweep k={k}"):
             started = time.perf_counter()
-            model = make_estimator(settings, k).fit(prepared)
-            found = sum(1 for size in model.summary.clusterSizes if size > 0)
-            if found < k:  # more clusters asked than there are distinct customers
+            fits = [
+                make_estimator(settings, k, settings.seed + r).fit(prepared) for r in range(settings.restarts)
+            ]
+            objectives = [_objective(m) for m in fits]
+            filled = [sum(1 for size in m.summary.clusterSizes if size > 0) for m in fits]
+            # a fit that leaves clusters empty is worse than any that fills all k, whatever its cost
+            best = min(range(len(fits)), key=lambda i: (filled[i] < k, objectives[i]))
+            model, found = fits[best], filled[best]
+            if found < k and (settings.algorithm == "kmeans" or found < 2):
+                # k-means leaves clusters empty only when there are fewer distinct customers than k
                 _clip_warning(found, k, settings)
                 break
-            score = silhouette(model.transform(prepared))
+            if found < k:
+                log.warning(
+                    "k=%d: %s left clusters empty in every start; the run has %d segments at this k",
+                    k,
+                    settings.algorithm,
+                    found,
+                )
+            predictions = model.transform(prepared)
+            first = objectives[0]
             result = KResult(
-                k, score, float(model.summary.trainingCost), time.perf_counter() - started, model
+                k=k,
+                model=model,
+                silhouette=silhouette(predictions),
+                stats=cluster_stats(predictions),
+                clusters=found,
+                seconds=0.0,
+                restart_gain=(first - min(objectives)) / abs(first) if first else 0.0,
             )
+            if references:
+                result.gap = _gap(result, references, settings)
+            result.seconds = time.perf_counter() - started
         log.info(
-            "k=%d silhouette=%.4f wssse=%.1f (%.1fs)", k, result.silhouette, result.wssse, result.seconds
+            "k=%d silhouette=%.4f wssse=%.1f CH=%.1f DB=%.3f%s (%.1fs)",
+            k,
+            result.silhouette,
+            result.wssse,
+            result.stats.calinski_harabasz,
+            result.stats.davies_bouldin,
+            f" gap={result.gap.gap:.3f}±{result.gap.sd:.3f}" if result.gap else "",
+            result.seconds,
         )
         results.append(result)
     if not results:
@@ -81,7 +177,20 @@ def sweep_k(
             f"the usable customers have only {found} distinct feature values, fewer than "
             f"model.k.min={settings.k.min}. Lower model.k, or check the features and the rejects."
         )
-    return choose_k(results, settings)
+    sweep = choose_k(results, settings)
+    if settings.stability_runs:
+        with label(f"stability k={sweep.chosen.k}"):
+            sweep.stability = stability(prepared, sweep.chosen, settings)
+    return sweep
+
+
+def _gap(result: KResult, references: list[DataFrame], settings: ModelSettings) -> Gap:
+    """One fit per reference set at the same k; log W of the data against the references'."""
+    reference_log_w = []
+    for data in references:
+        model = make_estimator(settings, result.k).fit(data)
+        reference_log_w.append(math.log(cluster_stats(model.transform(data)).wssse))
+    return gap_statistic(math.log(result.wssse), reference_log_w)
 
 
 def _clip_warning(found: int, k: int, settings: ModelSettings) -> None:
@@ -100,16 +209,75 @@ def _clip_warning(found: int, k: int, settings: ModelSettings) -> None:
     )
 
 
-def choose_k(results: list[KResult], settings: ModelSettings) -> SweepResult:
-    """The highest silhouette wins; a tie goes to the smaller k (fewer segments are easier to act on)."""
-    ranked = sorted(results, key=lambda r: (-r.silhouette, r.k))
-    chosen = ranked[0]
+def _ranking(results: list[KResult], selection: str) -> tuple[list[KResult], str]:
+    """The results best first by the rule, and the rule's wording."""
     ks = [r.k for r in results]
-    rule = f"fixed k={chosen.k}" if len(ks) == 1 else f"highest silhouette over k={ks[0]}..{ks[-1]}"
+    if selection == "calinski_harabasz":
+        return sorted(results, key=lambda r: (-r.stats.calinski_harabasz, r.k)), "highest Calinski-Harabasz"
+    if selection == "davies_bouldin":
+        return sorted(results, key=lambda r: (r.stats.davies_bouldin, r.k)), "lowest Davies-Bouldin"
+    if selection == "elbow":
+        scores = knee_scores(ks, [r.wssse for r in results])
+        order = sorted(range(len(results)), key=lambda i: (-scores[i], ks[i]))
+        return [results[i] for i in order], "elbow of the WSSSE curve (Kneedle)"
+    if selection == "gap":
+        # the smallest k with Gap(k) >= Gap(k+1) - s(k+1) first, then the other qualifying k by size
+        qualifying = [
+            r for r, nxt in zip(results, results[1:], strict=False) if r.gap.gap >= nxt.gap.gap - nxt.gap.sd
+        ]
+        rest = sorted((r for r in results if r not in qualifying), key=lambda r: (-r.gap.gap, r.k))
+        return [*qualifying, *rest], "smallest k with Gap(k) >= Gap(k+1) - s(k+1)"
+    return sorted(results, key=lambda r: (-r.silhouette, r.k)), "highest silhouette"
+
+
+def choose_k(results: list[KResult], settings: ModelSettings) -> SweepResult:
+    """Rank by ``model.selection`` (ties go to the smaller k) within ``model.prefer`` when it has any k."""
+    candidates, where = results, ""
+    ks = [r.k for r in results]
+    if settings.prefer is not None:
+        inside = [r for r in results if settings.prefer.min <= r.k <= settings.prefer.max]
+        if inside:
+            candidates = inside
+            where = f" within the preferred k={settings.prefer.min}..{settings.prefer.max}"
+        else:
+            log.warning("model.prefer %s has no k of the sweep; it is ignored", settings.prefer)
+    ranked, wording = _ranking(candidates, settings.selection)
+    rule = f"fixed k={ranked[0].k}" if len(ks) == 1 else f"{wording} over k={ks[0]}..{ks[-1]}{where}"
+    if where:
+        overall = _ranking(results, settings.selection)[0][0]
+        if overall is not ranked[0]:
+            rule += f" (k={overall.k} would win without the preference)"
     return SweepResult(
         algorithm=settings.algorithm,
         results=results,
-        chosen=chosen,
+        chosen=ranked[0],
         rule=rule,
         runner_up=ranked[1] if len(ranked) > 1 else None,
     )
+
+
+def stability(prepared: DataFrame, chosen: KResult, settings: ModelSettings) -> dict[str, Any]:
+    """Refit the chosen k on bootstrap samples; the adjusted Rand index of each refit's assignments
+    of all customers against the chosen model's. Near 1: real structure; far below: noise."""
+    labelled = chosen.model.transform(prepared).select(FEATURES, CLUSTER)
+    scores = []
+    for r in range(settings.stability_runs):
+        seed = settings.seed + STABILITY_SEED_OFFSET + r
+        sample = prepared.sample(withReplacement=True, fraction=1.0, seed=seed)
+        refit = make_estimator(settings, chosen.k, seed).setPredictionCol(STABILITY_CLUSTER).fit(sample)
+        scores.append(adjusted_rand(refit.transform(labelled), CLUSTER, STABILITY_CLUSTER))
+    result = {
+        "runs": settings.stability_runs,
+        "k": chosen.k,
+        "mean_ari": float(np.mean(scores)),
+        "ari": scores,
+    }
+    log.info(
+        "stability of k=%d over %d bootstrap refits: mean ARI %.3f", chosen.k, len(scores), result["mean_ari"]
+    )
+    return result
+
+
+def max_probability() -> F.Column:
+    """A mixture's membership probability of the assigned segment."""
+    return F.array_max(vector_to_array(F.col(PROBABILITY)))

@@ -25,7 +25,7 @@ def blobs(spark):
 
 @pytest.mark.parametrize("k", [2, 3, 4, 5])
 def test_silhouette_matches_scikit_learn_squared_euclidean(blobs, k):
-    predictions = make_estimator(ModelSettings(seed=1), k).fit(blobs).transform(blobs)
+    predictions = make_estimator(ModelSettings(), k, seed=1).fit(blobs).transform(blobs)
     rows = predictions.select(vector_to_array(FEATURES).alias("x"), CLUSTER).orderBy("id").collect()
     points = np.array([r.x for r in rows])
     labels = np.array([r[CLUSTER] for r in rows])
