@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_CUSTOMERS ?= 20000
 
-.PHONY: setup run test lint clean
+.PHONY: setup run test bench lint clean
 
 $(BIN)/activate:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "segspark needs Python 3.11+"'
@@ -27,9 +27,14 @@ run: setup data/demo/customers.parquet
 test: setup
 	$(BIN)/python -m pytest
 
+# segspark against scikit-learn at 1M customers (BENCH_SIZES="1000000 10000000" for the 10M run)
+BENCH_SIZES ?= 1000000
+bench: setup
+	$(BIN)/python scripts/bench.py --sizes $(BENCH_SIZES)
+
 lint: setup
 	$(BIN)/ruff check segspark jobs scripts tests
 	$(BIN)/ruff format --check segspark jobs scripts tests
 
 clean:
-	rm -rf $(VENV) data lake build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) data lake bench-data build dist *.egg-info .pytest_cache

@@ -215,7 +215,10 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
         names = dict(zip(profiles[SEGMENT], profiles["segment_name"], strict=True))
 
     k_metrics = pd.DataFrame(
-        [{"algorithm": sweep.algorithm, **r.metrics(), "chosen": r is sweep.chosen} for r in sweep.results]
+        [
+            {"algorithm": sweep.algorithm, **r.metrics(), "chosen": r.k == sweep.chosen.k}
+            for r in sweep.results
+        ]
     )
     fmt = settings.output.format
     with step("write assignments"):
@@ -264,6 +267,7 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
             "silhouette": sweep.chosen.silhouette,
             "rule": sweep.rule,
             "selection": settings.model.selection,
+            "sweep_rows": sweep.sample_rows or sweep.rows,
             "runner_up": _describe_k(sweep.runner_up),
             "stability": sweep.stability or None,
             "metrics": k_metrics.to_dict(orient="records"),

@@ -84,6 +84,8 @@ class SweepResult:
     rule: str
     runner_up: KResult | None
     stability: dict[str, Any] = field(default_factory=dict)
+    rows: int = 0  # customers the chosen model was fitted on
+    sample_rows: int | None = None  # customers k was chosen on, when a sample
 
 
 def make_estimator(settings: ModelSettings, k: int, seed: int | None = None):
@@ -98,7 +100,8 @@ def make_estimator(settings: ModelSettings, k: int, seed: int | None = None):
         return BisectingKMeans(**common)
     if settings.algorithm == "gaussian_mixture":
         return GaussianMixture(**common, probabilityCol=PROBABILITY)
-    return KMeans(**common)
+    # "auto" never picks the block solver on dense vectors; it is faster for the same result
+    return KMeans(**common, solver="block")
 
 
 def centers_of(model) -> list[list[float]]:
@@ -119,48 +122,47 @@ def sweep_k(
 ) -> SweepResult:
     """Fit every k in the range on ``prepared`` (cache it first) and choose k.
 
-    ``label(description)`` wraps each fit, so the caller can name the Spark jobs it starts.
+    With more rows than ``model.sample_size``, k is chosen on a uniform sample of that size and the
+    chosen k is then fitted (and its silhouette measured) on all rows. ``label(description)`` wraps
+    each fit, so the caller can name the Spark jobs it starts.
     """
+    rows = prepared.count()
+    sampled = bool(settings.sample_size) and rows > settings.sample_size
+    data = (
+        prepared.sample(fraction=settings.sample_size / rows, seed=settings.seed).persist()
+        if sampled
+        else prepared
+    )
+    try:
+        sweep = _sweep(data, settings, label)
+        sweep.rows = rows
+        if sampled:
+            sweep.sample_rows = data.count()
+            with label(f"final fit k={sweep.chosen.k} on all customers"):
+                final, _ = fit_k(prepared, settings, sweep.chosen.k)
+            if final is not None:
+                sweep.chosen = final
+            sweep.rule += f" (on a uniform sample of {sweep.sample_rows} of {rows} customers)"
+        if settings.stability_runs:
+            with label(f"stability k={sweep.chosen.k}"):
+                sweep.stability = stability(data, sweep.chosen, settings)
+    finally:
+        if sampled:
+            data.unpersist()
+    return sweep
+
+
+def _sweep(data: DataFrame, settings: ModelSettings, label: Label) -> SweepResult:
     with_gap = settings.gap or settings.selection == "gap"
-    references = reference_sets(prepared, settings.gap_references, settings.seed) if with_gap else []
+    references = reference_sets(data, settings.gap_references, settings.seed) if with_gap else []
     results: list[KResult] = []
     found = 0
     for k in settings.k_values:
         with label(f"sweep k={k}"):
-            started = time.perf_counter()
-            fits = [
-                make_estimator(settings, k, settings.seed + r).fit(prepared) for r in range(settings.restarts)
-            ]
-            objectives = [_objective(m) for m in fits]
-            filled = [sum(1 for size in m.summary.clusterSizes if size > 0) for m in fits]
-            # a fit that leaves clusters empty is worse than any that fills all k, whatever its cost
-            best = min(range(len(fits)), key=lambda i: (filled[i] < k, objectives[i]))
-            model, found = fits[best], filled[best]
-            if found < k and (settings.algorithm == "kmeans" or found < 2):
-                # k-means leaves clusters empty only when there are fewer distinct customers than k
-                _clip_warning(found, k, settings)
-                break
-            if found < k:
-                log.warning(
-                    "k=%d: %s left clusters empty in every start; the run has %d segments at this k",
-                    k,
-                    settings.algorithm,
-                    found,
-                )
-            predictions = model.transform(prepared)
-            first = objectives[0]
-            result = KResult(
-                k=k,
-                model=model,
-                silhouette=silhouette(predictions),
-                stats=cluster_stats(predictions),
-                clusters=found,
-                seconds=0.0,
-                restart_gain=(first - min(objectives)) / abs(first) if first else 0.0,
-            )
-            if references:
-                result.gap = _gap(result, references, settings)
-            result.seconds = time.perf_counter() - started
+            result, found = fit_k(data, settings, k, references)
+        if result is None:
+            _clip_warning(found, k, settings)
+            break
         log.info(
             "k=%d silhouette=%.4f wssse=%.1f CH=%.1f DB=%.3f%s (%.1fs)",
             k,
@@ -177,11 +179,45 @@ def sweep_k(
             f"the usable customers have only {found} distinct feature values, fewer than "
             f"model.k.min={settings.k.min}. Lower model.k, or check the features and the rejects."
         )
-    sweep = choose_k(results, settings)
-    if settings.stability_runs:
-        with label(f"stability k={sweep.chosen.k}"):
-            sweep.stability = stability(prepared, sweep.chosen, settings)
-    return sweep
+    return choose_k(results, settings)
+
+
+def fit_k(
+    data: DataFrame, settings: ModelSettings, k: int, references: list[DataFrame] | None = None
+) -> tuple[KResult | None, int]:
+    """The best of ``model.restarts`` fits at k with its metrics, and its non-empty clusters; None
+    when k-means left clusters empty (fewer distinct customers than k)."""
+    started = time.perf_counter()
+    fits = [make_estimator(settings, k, settings.seed + r).fit(data) for r in range(settings.restarts)]
+    objectives = [_objective(m) for m in fits]
+    filled = [sum(1 for size in m.summary.clusterSizes if size > 0) for m in fits]
+    # a fit that leaves clusters empty is worse than any that fills all k, whatever its cost
+    best = min(range(len(fits)), key=lambda i: (filled[i] < k, objectives[i]))
+    model, found = fits[best], filled[best]
+    if found < k and (settings.algorithm == "kmeans" or found < 2):
+        return None, found  # k-means leaves clusters empty only with fewer distinct customers than k
+    if found < k:
+        log.warning(
+            "k=%d: %s left clusters empty in every start; the run has %d segments at this k",
+            k,
+            settings.algorithm,
+            found,
+        )
+    predictions = model.transform(data)
+    first = objectives[0]
+    result = KResult(
+        k=k,
+        model=model,
+        silhouette=silhouette(predictions),
+        stats=cluster_stats(predictions),
+        clusters=found,
+        seconds=0.0,
+        restart_gain=(first - min(objectives)) / abs(first) if first else 0.0,
+    )
+    if references:
+        result.gap = _gap(result, references, settings)
+    result.seconds = time.perf_counter() - started
+    return result, found
 
 
 def _gap(result: KResult, references: list[DataFrame], settings: ModelSettings) -> Gap:

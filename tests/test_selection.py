@@ -155,3 +155,22 @@ def test_each_algorithm_runs_end_to_end(spark, demo_data, tmp_path, algorithm):
         assert assignments["probability"].between(0, 1).all() and assignments["probability"].mean() > 0.9
     else:
         assert "probability" not in assignments
+
+
+def test_k_is_chosen_on_a_sample_and_the_chosen_k_fitted_on_all_rows(blobs):
+    sampled = sweep_k(blobs[1], ModelSettings(k={"min": 2, "max": 6}, sample_size=120, restarts=2))
+    assert sampled.chosen.k == 4
+    assert 80 <= sampled.sample_rows <= 160 and sampled.rows == 200
+    assert "on a uniform sample of" in sampled.rule
+    assert sampled.chosen.stats.counts.sum() == 200  # the final fit and its metrics use every row
+    assert all(r.stats.counts.sum() == sampled.sample_rows for r in sampled.results)
+    points, labels = _labels(sampled.chosen.model.transform(blobs[1]))
+    assert sampled.chosen.stats.calinski_harabasz == pytest.approx(
+        calinski_harabasz_score(points, labels), rel=1e-9
+    )
+
+
+def test_sampling_is_off_when_the_data_is_smaller_or_sample_size_is_0(blobs):
+    for settings in (ModelSettings(k=4, sample_size=500), ModelSettings(k=4, sample_size=0)):
+        result = sweep_k(blobs[1], settings)
+        assert result.sample_rows is None and result.chosen.stats.counts.sum() == 200
