@@ -1,4 +1,4 @@
-"""The command line: ``segspark run | score | generate``; ``python -m segspark`` is the same."""
+"""The command line: ``segspark run | score | report | generate``; ``python -m segspark`` too."""
 
 from __future__ import annotations
 
@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", required=True, metavar="DIR", help="where to write assignments/ and rejects/"
     )
     score.add_argument("--output-format", choices=["parquet", "csv", "json", "orc"], default="parquet")
+
+    report = commands.add_parser("report", help="rebuild a run's report.html from its outputs")
+    report.add_argument("run", metavar="RUN_DIR|latest", help="a run folder, or latest")
+    report.add_argument("--lake", default="lake/segmentation", help="the output.path whose latest run to use")
 
     generate = commands.add_parser("generate", help="write synthetic customers with known segments")
     generate.add_argument("--customers", type=int, required=True, metavar="N", help="number of customers")
@@ -109,6 +113,19 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from segspark.config import SparkSettings
+    from segspark.report import write_report
+    from segspark.score import read_manifest, resolve_run
+    from segspark.session import get_session
+
+    spark = get_session(SparkSettings())
+    run_dir = resolve_run(spark, args.run, args.lake)
+    read_manifest(spark, run_dir)  # a clear message when it is no successful run
+    print(f"report: {write_report(spark, run_dir)}")
+    return 0
+
+
 def _generate(args: argparse.Namespace) -> int:
     from segspark.errors import ConfigError
     from segspark.generate import write_customers, write_orders
@@ -151,6 +168,8 @@ def format_summary(manifest: dict, run_dir: str, seconds: float) -> str:
         if segment.get("action"):
             lines.append(f"{'':>24}-> {segment['action']}")
     lines.append(f"outputs: {run_dir}")
+    if "report" in manifest.get("outputs", {}):
+        lines.append(f"report: {manifest['outputs']['report']}")
     return "\n".join(lines)
 
 
@@ -164,4 +183,4 @@ def _orders_line(orders: dict | None) -> list[str]:
     ]
 
 
-COMMANDS = {"run": _run, "score": _score, "generate": _generate}
+COMMANDS = {"run": _run, "score": _score, "report": _report, "generate": _generate}

@@ -39,6 +39,7 @@ from segspark.lake import Lake, read_source, write_table
 from segspark.metrics import CLUSTER, SEGMENT
 from segspark.prepare import FEATURES, build_pipeline, scaler_of, vector_columns
 from segspark.profiles import add_audit_shares, check_playbook, profile_segments
+from segspark.report import REPORT_FILE, write_report
 from segspark.segments import (
     EarlierRun,
     assignments,
@@ -290,7 +291,12 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
             + (("order_rejects",) if orders is not None else ())
         },
     )
+    if settings.output.report:
+        manifest["outputs"]["report"] = f"{run_dir}/{REPORT_FILE}"
     lake.write_text(f"{staging}/manifest.json", _to_json(manifest))
+    if settings.output.report:
+        with step("report"):  # from the staged outputs, exactly as `segspark report` rebuilds it
+            write_report(spark, staging)
     run_dir = lake.publish(manifest["run_id"])
     return RunResult(manifest["run_id"], run_dir, manifest, profiles, k_metrics)
 
