@@ -36,7 +36,7 @@ from segspark.features import (
     order_features,
 )
 from segspark.lake import Lake, read_source, write_table
-from segspark.metrics import CLUSTER, SEGMENT
+from segspark.metrics import SEGMENT
 from segspark.prepare import FEATURES, build_pipeline, scaler_of, vector_columns
 from segspark.profiles import add_audit_shares, check_playbook, profile_segments
 from segspark.report import REPORT_FILE, write_report
@@ -201,7 +201,8 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
         centers = np.array(centers_of(chosen))
         centers_unscaled = centers * std + mean
         clustered = chosen.transform(prepared)
-        sizes = {r[CLUSTER]: r["count"] for r in clustered.groupBy(CLUSTER).count().collect()}
+        stats = sweep.chosen.stats
+        sizes = dict(zip(stats.clusters, stats.counts.astype(int).tolist(), strict=True))
         columns = vector_columns(preparation, spec)
         earlier = _earlier_run(lake)
         segment_of = segment_ids(centers_unscaled, sizes, mean, std, columns, earlier)

@@ -36,6 +36,7 @@ def silhouette(predictions: DataFrame, features_col: str = FEATURES, prediction_
 class ClusterStats:
     """Per-cluster summaries of a clustering, enough for WSSSE, Calinski-Harabasz and Davies-Bouldin."""
 
+    clusters: list[int]  # the non-empty clusters' indices, in the order of the arrays below
     counts: np.ndarray  # n_j
     means: np.ndarray  # m_j (k x d)
     within: np.ndarray  # sum of squared distances to m_j, per cluster
@@ -109,7 +110,7 @@ def cluster_stats(
         .collect()
     )
     spread = np.array([mean_distance[c] for c in clusters])
-    return ClusterStats(counts, means, within, spread)
+    return ClusterStats(clusters, counts, means, within, spread)
 
 
 def knee_scores(ks: list[int], values: list[float]) -> np.ndarray:
