@@ -111,6 +111,18 @@ def centers_of(model) -> list[list[float]]:
     return [row["mean"].toArray().tolist() for row in model.gaussiansDF.collect()]
 
 
+def _fit(estimator, data: DataFrame):
+    try:
+        return estimator.fit(data)
+    except Exception:
+        if not (isinstance(estimator, KMeans) and estimator.getSolver() == "block"):
+            raise
+        # Spark's block solver fails when k-means|| finds fewer distinct centres than k (fewer distinct
+        # customers than k); the row solver then leaves clusters empty, which the sweep handles
+        log.info("k=%d: the block solver failed; fitting with the row solver", estimator.getK())
+        return estimator.setSolver("row").fit(data)
+
+
 def _objective(model) -> float:
     """What restarts minimise: k-means' cost, or a mixture's negative log-likelihood."""
     summary = model.summary
@@ -188,7 +200,7 @@ def fit_k(
     """The best of ``model.restarts`` fits at k with its metrics, and its non-empty clusters; None
     when k-means left clusters empty (fewer distinct customers than k)."""
     started = time.perf_counter()
-    fits = [make_estimator(settings, k, settings.seed + r).fit(data) for r in range(settings.restarts)]
+    fits = [_fit(make_estimator(settings, k, settings.seed + r), data) for r in range(settings.restarts)]
     objectives = [_objective(m) for m in fits]
     filled = [sum(1 for size in m.summary.clusterSizes if size > 0) for m in fits]
     # a fit that leaves clusters empty is worse than any that fills all k, whatever its cost
