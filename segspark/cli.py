@@ -8,7 +8,7 @@ import sys
 import time
 
 from segspark import __version__
-from segspark.errors import SegsparkError
+from segspark.errors import ConfigError, SegsparkError
 
 log = logging.getLogger("segspark")
 
@@ -131,7 +131,7 @@ def _generate(args: argparse.Namespace) -> int:
     from segspark.generate import write_customers, write_orders
 
     if args.customers < 1:
-        raise SegsparkError("--customers must be at least 1")
+        raise ConfigError("--customers must be at least 1")
     if args.dirty_orders and not args.orders:
         raise ConfigError("--dirty-orders needs --orders")
     if args.orders:

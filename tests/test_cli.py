@@ -86,6 +86,11 @@ def test_generate_writes_customers_and_their_true_segments(tmp_path, capsys):
     pd.testing.assert_frame_equal(customers, pd.read_parquet(again / "customers.parquet"))
 
 
+def test_generate_without_customers_is_a_usage_error(tmp_path, capsys):
+    assert main(["generate", "--customers", "0", "--out", str(tmp_path)]) == 2
+    assert "--customers must be at least 1" in capsys.readouterr().err
+
+
 def test_python_dash_m_runs_the_cli():
     result = subprocess.run([sys.executable, "-m", "segspark", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("segspark ")
