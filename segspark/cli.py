@@ -127,7 +127,6 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from segspark.errors import ConfigError
     from segspark.generate import write_customers, write_orders
 
     if args.customers < 1:

@@ -17,7 +17,16 @@ from segspark.job import run
 from segspark.score import score
 from tests.conftest import base_config
 
-OUTPUTS = ["assignments", "k_metrics", "manifest.json", "model", "profiles", "rejects", "report.html", "sample"]
+OUTPUTS = [
+    "assignments",
+    "k_metrics",
+    "manifest.json",
+    "model",
+    "profiles",
+    "rejects",
+    "report.html",
+    "sample",
+]
 
 
 @pytest.fixture(scope="module")
