@@ -35,7 +35,7 @@ from segspark.features import (
     join_customers,
     order_features,
 )
-from segspark.lake import Lake, read_source, write_table
+from segspark.lake import Lake, read_source, small_table, write_table
 from segspark.metrics import SEGMENT
 from segspark.prepare import FEATURES, build_pipeline, scaler_of, vector_columns
 from segspark.profiles import add_audit_shares, check_playbook, profile_segments
@@ -227,8 +227,8 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
         table = assignments(assigned, spec.id_column, names, centers.tolist())
         write_table(table, f"{staging}/assignments", fmt)
     with step("write profiles, metrics, rejects, model"):
-        write_table(spark.createDataFrame(profiles), f"{staging}/profiles", fmt)
-        write_table(spark.createDataFrame(k_metrics), f"{staging}/k_metrics", fmt)
+        write_table(small_table(spark, profiles), f"{staging}/profiles", fmt)
+        write_table(small_table(spark, k_metrics), f"{staging}/k_metrics", fmt)
         write_table(rejects, f"{staging}/rejects", fmt)
         sample = report_sample(assigned, spec, rows_read - rows_rejected, settings.model.seed)
         write_table(

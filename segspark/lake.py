@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import pandas as pd
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
@@ -69,6 +70,24 @@ def write_table(df: DataFrame, path: str, fmt: str) -> None:
     if fmt == "csv":
         writer = writer.option("header", "true")
     writer.save(path)
+
+
+def small_table(spark: SparkSession, frame: pd.DataFrame) -> DataFrame:
+    """A Spark DataFrame of a small pandas one (profiles, metrics) with its schema given explicitly, so
+    that a column of all NULLs (no playbook action, say) keeps a type on every Spark version."""
+
+    def spark_type(dtype) -> T.DataType:
+        if pd.api.types.is_bool_dtype(dtype):
+            return T.BooleanType()
+        if pd.api.types.is_integer_dtype(dtype):
+            return T.LongType()
+        if pd.api.types.is_float_dtype(dtype):
+            return T.DoubleType()
+        return T.StringType()
+
+    schema = T.StructType([T.StructField(str(c), spark_type(t), True) for c, t in frame.dtypes.items()])
+    rows = frame.astype(object).where(frame.notna(), None).itertuples(index=False, name=None)
+    return spark.createDataFrame(list(rows), schema)
 
 
 def _first_line(exc: Exception) -> str:
