@@ -18,14 +18,24 @@ $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/activate
 
 setup: $(VENV)/.installed
 
+# A second environment on the Spark 3.5 line, which most managed platforms still run.
+VENV35 ?= .venv-spark35
+$(VENV35)/.installed: pyproject.toml constraints-spark35.txt
+	$(PYTHON) -m venv $(VENV35)
+	$(VENV35)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV35)/bin/python -m pip install --quiet -c constraints-spark35.txt -e '.[test]'
+	touch $@
+
 data/demo/customers.parquet: | $(VENV)/.installed
 	$(BIN)/segspark generate --customers $(DEMO_CUSTOMERS) --out data/demo --seed 7
 
 run: setup data/demo/customers.parquet
 	$(BIN)/segspark run --config conf/local.yaml
 
-test: setup
+# The whole suite on pyspark 4.x, then the end-to-end tests (job, CLI, spark-submit) on pyspark 3.5.
+test: setup $(VENV35)/.installed
 	$(BIN)/python -m pytest
+	$(VENV35)/bin/python -m pytest tests/test_job.py tests/test_cli.py
 
 # segspark against scikit-learn at 1M customers (BENCH_SIZES="1000000 10000000" for the 10M run)
 BENCH_SIZES ?= 1000000
@@ -37,4 +47,4 @@ lint: setup
 	$(BIN)/ruff format --check segspark jobs scripts tests
 
 clean:
-	rm -rf $(VENV) data lake bench-data build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) $(VENV35) data lake bench-data build dist *.egg-info .pytest_cache

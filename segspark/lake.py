@@ -48,7 +48,9 @@ def read_source(spark: SparkSession, source: SourceSettings, name: str = "input.
         # Text formats: keep each line that does not fit the schema in a column of its own, so the
         # row is rejected with its reason instead of being read as NULLs or dropped.
         schema = (
-            T.StructType.fromDDL(source.schema_ddl) if source.schema_ddl else reader.load(source.path).schema
+            spark.createDataFrame([], source.schema_ddl).schema
+            if source.schema_ddl
+            else reader.load(source.path).schema
         )
         if CORRUPT_RECORD not in schema.fieldNames():
             schema = schema.add(CORRUPT_RECORD, T.StringType())
