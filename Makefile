@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_CUSTOMERS ?= 20000
 
-.PHONY: setup run test bench lint clean
+.PHONY: setup run test bench lint dist clean
 
 $(BIN)/activate:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "segspark needs Python 3.11+"'
@@ -41,6 +41,12 @@ test: setup $(VENV35)/.installed
 BENCH_SIZES ?= 1000000
 bench: setup
 	$(BIN)/python scripts/bench.py --sizes $(BENCH_SIZES)
+
+# What a cluster needs: the wheel (for the driver's environment) and dist/segspark.zip for --py-files.
+dist: setup
+	rm -rf dist
+	$(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir dist .
+	$(BIN)/python scripts/build_zip.py dist/segspark.zip
 
 lint: setup
 	$(BIN)/ruff check segspark jobs scripts tests
