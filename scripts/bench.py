@@ -177,5 +177,6 @@ def main() -> None:
         growth = rows[-1]["segspark_s"] / rows[0]["segspark_s"]
         print(f"\ntime({rows[-1]['N']}) / time({rows[0]['N']}) = {growth:.2f}")
 
+
 if __name__ == "__main__":
     main()

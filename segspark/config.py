@@ -56,6 +56,16 @@ class SparkSettings(_Section):
     master: str = "local[*]"
     conf: dict[str, str | int | float | bool] = Field(default_factory=dict)
     log_level: Literal["ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"] = "WARN"
+    # A folder for Spark's event log (what the history server reads); unset: no event log.
+    event_log: str | None = None
+
+    def effective_conf(self) -> dict[str, str]:
+        """``conf`` as strings, with the event-log settings that ``event_log`` stands for."""
+        conf = {key: str(value) for key, value in self.conf.items()}
+        if self.event_log:
+            conf.setdefault("spark.eventLog.enabled", "true")
+            conf.setdefault("spark.eventLog.dir", self.event_log)
+        return conf
 
 
 class SourceSettings(_Section):
@@ -143,6 +153,8 @@ class ModelSettings(_Section):
     stability_runs: int = Field(default=0, ge=0)  # refits of the chosen k on bootstrap samples; 0: off
     # choose k on a uniform sample of this many customers, then fit the chosen k on all; 0: all rows
     sample_size: int = Field(default=200_000, ge=0)
+    # k values fitted at the same time (Spark runs their jobs side by side); 1: one k after another
+    parallel_fits: int = Field(default=2, ge=1)
 
     @field_validator("k", mode="before")
     @classmethod

@@ -49,7 +49,7 @@ from segspark.segments import (
     segment_ids,
     with_segment,
 )
-from segspark.session import get_session
+from segspark.session import event_log_dir, get_session
 from segspark.sweep import centers_of, sweep_k
 from segspark.validate import (
     FeatureSpec,
@@ -131,6 +131,10 @@ def run(settings: Settings, spark: SparkSession | None = None) -> RunResult:
             "python": platform.python_version(),
         },
         "spark_master": spark.sparkContext.master,
+        "spark_application": {
+            "id": spark.sparkContext.applicationId,
+            "event_log": event_log_dir(spark),  # the history server shows the run's jobs from here
+        },
         "settings": settings.to_dict(),
     }
     cached: list[DataFrame] = []

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 
 import pandas as pd
+import pyspark.sql.functions as F
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
@@ -75,8 +76,12 @@ def write_table(df: DataFrame, path: str, fmt: str) -> None:
 
 
 def small_table(spark: SparkSession, frame: pd.DataFrame) -> DataFrame:
-    """A Spark DataFrame of a small pandas one (profiles, metrics) with its schema given explicitly, so
-    that a column of all NULLs (no playbook action, say) keeps a type on every Spark version."""
+    """A Spark DataFrame of a small pandas one (profiles, metrics), built from literals in the JVM.
+
+    No Python runs on the executors (``createDataFrame`` of local rows would ship them to Python
+    workers there), and the schema is explicit, so a column of all NULLs (no playbook action, say)
+    keeps its type on every Spark version.
+    """
 
     def spark_type(dtype) -> T.DataType:
         if pd.api.types.is_bool_dtype(dtype):
@@ -88,8 +93,21 @@ def small_table(spark: SparkSession, frame: pd.DataFrame) -> DataFrame:
         return T.StringType()
 
     schema = T.StructType([T.StructField(str(c), spark_type(t), True) for c, t in frame.dtypes.items()])
-    rows = frame.astype(object).where(frame.notna(), None).itertuples(index=False, name=None)
-    return spark.createDataFrame(list(rows), schema)
+    if frame.empty:
+        return spark.createDataFrame(spark.sparkContext.emptyRDD(), schema)
+    values = frame.astype(object).where(frame.notna(), None)
+    rows = [
+        F.struct(
+            *[
+                F.lit(value.item() if hasattr(value, "item") else value)
+                .cast(field.dataType)
+                .alias(field.name)
+                for value, field in zip(row, schema.fields, strict=True)
+            ]
+        )
+        for row in values.itertuples(index=False, name=None)
+    ]
+    return spark.range(1).select(F.inline(F.array(*rows)))
 
 
 def _first_line(exc: Exception) -> str:

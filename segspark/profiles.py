@@ -38,30 +38,25 @@ def profile_segments(
     aggregates = [F.count(F.lit(1)).alias("size")]
     for c in spec.numeric:
         aggregates += [
+            F.count(c).alias(f"{c}__n"),
             F.avg(c).alias(f"{c}__mean"),
             F.stddev_samp(c).alias(f"{c}__std"),
             F.percentile_approx(c, QUARTILES, PERCENTILE_ACCURACY).alias(f"{c}__quartiles"),
         ]
-    # rollup adds the all-customers row (segment NULL) to the per-segment rows in the same pass
-    stats = assigned.rollup(SEGMENT).agg(*aggregates).toPandas()
-    everyone = stats[stats[SEGMENT].isna()].iloc[0]
-    segments = (
-        stats[stats[SEGMENT].notna()].astype({SEGMENT: int}).sort_values(SEGMENT).reset_index(drop=True)
-    )
+    segments = assigned.groupBy(SEGMENT).agg(*aggregates).toPandas()
+    segments = segments.astype({SEGMENT: int}).sort_values(SEGMENT).reset_index(drop=True)
 
-    total = int(everyone["size"])
+    total = int(segments["size"].sum())
     profile = pd.DataFrame({SEGMENT: segments[SEGMENT], "size": segments["size"].astype("int64")})
     profile["share"] = profile["size"] / total
     for i, c in enumerate(spec.numeric):
         quartiles = segments[f"{c}__quartiles"]
-        spread = everyone[f"{c}__std"]
+        mean, spread = _pooled(segments[f"{c}__n"], segments[f"{c}__mean"], segments[f"{c}__std"])
         profile[f"{c}_mean"] = segments[f"{c}__mean"].astype(float)
         profile[f"{c}_p25"] = [_nth(q, 0) for q in quartiles]
         profile[f"{c}_median"] = [_nth(q, 1) for q in quartiles]
         profile[f"{c}_p75"] = [_nth(q, 2) for q in quartiles]
-        profile[f"{c}_z"] = (
-            (profile[f"{c}_mean"] - everyone[f"{c}__mean"]) / spread if spread and spread > 0 else 0.0
-        )
+        profile[f"{c}_z"] = (profile[f"{c}_mean"] - mean) / spread if spread > 0 else 0.0
         profile[f"{c}_centroid"] = [centers_original[s][i] for s in profile[SEGMENT]]
     for c in spec.categorical:
         profile = profile.merge(category_shares(assigned, c), on=SEGMENT, how="left")
@@ -69,6 +64,22 @@ def profile_segments(
     profile.insert(1, "segment_name", name_segments(profile, spec.numeric, settings))
     profile.insert(4, "action", suggest_actions(profile, spec.numeric, settings))
     return profile
+
+
+def _pooled(counts: pd.Series, means: pd.Series, stds: pd.Series) -> tuple[float, float]:
+    """Everyone's mean and sample standard deviation from the segments' (non-missing count, mean,
+    sample standard deviation): within-segment plus between-segment sums of squares."""
+    n = counts.to_numpy(float)
+    m = means.to_numpy(float)
+    s = np.nan_to_num(stds.to_numpy(float))  # NULL for a segment with one value: no spread within
+    has = n > 0
+    n, m, s = n[has], m[has], s[has]
+    total = n.sum()
+    if total < 2:
+        return (float(m[0]) if total else math.nan), 0.0
+    mean = float((n * m).sum() / total)
+    squares = ((n - 1) * s**2).sum() + (n * (m - mean) ** 2).sum()
+    return mean, math.sqrt(squares / (total - 1))
 
 
 def _nth(values, i: int) -> float:

@@ -57,16 +57,18 @@ def get_session(settings: SparkSettings) -> SparkSession:
     if active is not None:
         return active
     builder = SparkSession.builder.appName(APP_NAME)
+    wanted = settings.effective_conf()
     if launched_by_spark_submit():
         session = builder.getOrCreate()
         conf = session.sparkContext.getConf()
-        for key, value in settings.conf.items():
+        for key, value in wanted.items():
             if not conf.contains(key):
                 _set_runtime(session, key, value)
     else:
-        merged = {**local_defaults(settings.master), **{k: str(v) for k, v in settings.conf.items()}}
+        _create_local_folder(wanted.get("spark.eventLog.dir"))
+        merged = {**local_defaults(settings.master), **wanted}
         if local_cores(settings.master) == 0:
-            merged = {k: v for k, v in merged.items() if k in settings.conf or "warehouse" in k}
+            merged = {k: v for k, v in merged.items() if k in wanted or "warehouse" in k}
         builder = builder.master(settings.master)
         for key, value in merged.items():
             builder = builder.config(key, value)
@@ -78,9 +80,30 @@ def get_session(settings: SparkSettings) -> SparkSession:
     return session
 
 
+def event_log_dir(session: SparkSession) -> str | None:
+    """Where this application's event log goes, or None when event logging is off."""
+    conf = session.sparkContext.getConf()
+    if conf.get("spark.eventLog.enabled", "false").lower() != "true":
+        return None
+    return conf.get("spark.eventLog.dir", "file:/tmp/spark-events")
+
+
+def _create_local_folder(path: str | None) -> None:
+    """Spark refuses to start when the event-log folder is missing; make it if it is a local one."""
+    if path and ("://" not in path or path.startswith("file:")):
+        os.makedirs(path.removeprefix("file://").removeprefix("file:"), exist_ok=True)
+
+
 def _set_runtime(session: SparkSession, key: str, value: object) -> None:
     """Apply a config setting to a running session where Spark allows it; say so where it does not."""
     try:
         session.conf.set(key, str(value))
     except Exception:  # static settings cannot change once the JVM runs
-        log.warning("spark.conf %s is ignored: it must be given to spark-submit with --conf", key)
+        log.warning(
+            "Spark setting %s=%s is ignored: Spark reads it only at start; give it to spark-submit "
+            "with --conf %s=%s",
+            key,
+            value,
+            key,
+            value,
+        )

@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 PROBABILITY = "probability"  # a Gaussian mixture's membership probabilities
 STABILITY_CLUSTER = "stability_cluster"
 STABILITY_SEED_OFFSET = 1000  # seeds of the stability refits, apart from those of the restarts
+GOOD_START_TOLERANCE = 0.02  # see _good_enough
 
 Label = Callable[[str], AbstractContextManager]
 
@@ -56,6 +58,7 @@ class KResult:
     seconds: float
     restart_gain: float  # relative improvement of the objective by the restarts over the first fit
     gap: Gap | None = None
+    starts: int = 1  # fits made at this k: model.restarts, or fewer when the first was good enough
 
     @property
     def wssse(self) -> float:
@@ -140,18 +143,15 @@ def sweep_k(
     """
     rows = prepared.count()
     sampled = bool(settings.sample_size) and rows > settings.sample_size
-    data = (
-        prepared.sample(fraction=settings.sample_size / rows, seed=settings.seed).persist()
-        if sampled
-        else prepared
-    )
+    data = _sample(prepared, settings.sample_size / rows, settings.seed).persist() if sampled else prepared
     try:
         sweep = _sweep(data, settings, label)
         sweep.rows = rows
         if sampled:
             sweep.sample_rows = data.count()
             with label(f"final fit k={sweep.chosen.k} on all customers"):
-                final, _ = fit_k(prepared, settings, sweep.chosen.k)
+                good = _good_enough(sweep.chosen.model, sweep.sample_rows, rows)
+                final, _ = fit_k(prepared, settings, sweep.chosen.k, accept_below=good)
             if final is not None:
                 sweep.chosen = final
             sweep.rule += f" (on a uniform sample of {sweep.sample_rows} of {rows} customers)"
@@ -164,14 +164,36 @@ def sweep_k(
     return sweep
 
 
+def _sample(prepared: DataFrame, fraction: float, seed: int) -> DataFrame:
+    """A uniform sample in as many partitions as Spark has cores: the sweep runs hundreds of small jobs,
+    and each partition is a task to schedule in every one of them."""
+    cores = prepared.sparkSession.sparkContext.defaultParallelism
+    return prepared.sample(fraction=fraction, seed=seed).coalesce(max(1, cores))
+
+
+def _good_enough(sample_model, sample_rows: int, rows: int) -> float:
+    """The objective below which a fit on all rows needs no more restarts: the sample's best per
+    customer, with GOOD_START_TOLERANCE of slack for sampling noise. A start stuck in a poor local
+    optimum (two centres in one group) is worse by far more than that."""
+    per_row = _objective(sample_model) / sample_rows
+    return (per_row + GOOD_START_TOLERANCE * abs(per_row)) * rows
+
+
 def _sweep(data: DataFrame, settings: ModelSettings, label: Label) -> SweepResult:
     with_gap = settings.gap or settings.selection == "gap"
     references = reference_sets(data, settings.gap_references, settings.seed) if with_gap else []
+
+    def fit(k: int) -> tuple[KResult | None, int]:
+        with label(f"sweep k={k}"):
+            return fit_k(data, settings, k, references)
+
+    # Each fit is hundreds of small Spark jobs: several k side by side keep the cores busy while the
+    # driver plans the next job. The results do not depend on it (every fit has its own seed).
+    with ThreadPoolExecutor(max_workers=settings.parallel_fits, thread_name_prefix="sweep") as pool:
+        outcomes = list(pool.map(fit, settings.k_values))
     results: list[KResult] = []
     found = 0
-    for k in settings.k_values:
-        with label(f"sweep k={k}"):
-            result, found = fit_k(data, settings, k, references)
+    for k, (result, found) in zip(settings.k_values, outcomes, strict=True):
         if result is None:
             _clip_warning(found, k, settings)
             break
@@ -195,13 +217,22 @@ def _sweep(data: DataFrame, settings: ModelSettings, label: Label) -> SweepResul
 
 
 def fit_k(
-    data: DataFrame, settings: ModelSettings, k: int, references: list[DataFrame] | None = None
+    data: DataFrame,
+    settings: ModelSettings,
+    k: int,
+    references: list[DataFrame] | None = None,
+    accept_below: float | None = None,
 ) -> tuple[KResult | None, int]:
     """The best of ``model.restarts`` fits at k with its metrics, and its non-empty clusters; None
-    when k-means left clusters empty (fewer distinct customers than k)."""
+    when k-means left clusters empty (fewer distinct customers than k). With ``accept_below``, the
+    restarts stop at the first fit whose objective is below it."""
     started = time.perf_counter()
-    fits = [_fit(make_estimator(settings, k, settings.seed + r), data) for r in range(settings.restarts)]
-    objectives = [_objective(m) for m in fits]
+    fits, objectives = [], []
+    for restart in range(settings.restarts):
+        fits.append(_fit(make_estimator(settings, k, settings.seed + restart), data))
+        objectives.append(_objective(fits[-1]))
+        if accept_below is not None and objectives[-1] <= accept_below:
+            break
     filled = [sum(1 for size in m.summary.clusterSizes if size > 0) for m in fits]
     # a fit that leaves clusters empty is worse than any that fills all k, whatever its cost
     best = min(range(len(fits)), key=lambda i: (filled[i] < k, objectives[i]))
@@ -225,6 +256,7 @@ def fit_k(
         clusters=found,
         seconds=0.0,
         restart_gain=(first - min(objectives)) / abs(first) if first else 0.0,
+        starts=len(fits),
     )
     if references:
         result.gap = _gap(result, references, settings)

@@ -67,7 +67,8 @@ def run_submit(command: list[str], cwd: Path, timeout: int = 600) -> subprocess.
     result = subprocess.run(
         command, capture_output=True, text=True, env=submit_env(), cwd=cwd, timeout=timeout
     )
-    assert result.returncode == 0, result.stderr[-4000:]
+    # the Python driver's own log and traceback come out on spark-submit's stdout
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
 
 

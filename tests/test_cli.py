@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,8 @@ import pytest
 import yaml
 
 from segspark.cli import main
-from tests.conftest import REPO, base_config
+from tests.conftest import base_config
+from tests.submit import ENTRY_POINT, run_submit, submit_command, submit_env
 
 
 def _config_file(tmp_path: Path, customers: str, **sections) -> str:
@@ -99,34 +99,42 @@ def test_python_dash_m_runs_the_cli():
 @pytest.mark.slow
 def test_job_runs_under_spark_submit(demo_data, tmp_path):
     config = _config_file(tmp_path, demo_data["customers"], spark={"conf": {"spark.ui.enabled": False}})
-    spark_submit = Path(sys.executable).parent / "spark-submit"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_GATEWAY")}
-    # as in an activated virtual env: spark-submit finds Spark and runs the driver with this Python
-    env["PATH"] = f"{spark_submit.parent}{os.pathsep}{env.get('PATH', '')}"
-    env["PYSPARK_PYTHON"] = sys.executable
-    result = subprocess.run(
-        [
-            str(spark_submit),
-            "--master",
-            "local[2]",
-            "--conf",
-            "spark.sql.shuffle.partitions=3",
-            str(REPO / "jobs" / "segment_customers.py"),
-            "--config",
-            config,
-            "--set",
-            "model.k={min: 4, max: 6}",
-            "--set",
-            "output.run_id=submitted",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    args = ["--config", config, "--set", "model.k={min: 4, max: 6}", "--set", "output.run_id=submitted"]
+    # event logging is fixed when the JVM starts: under spark-submit the key can only say how to get it
+    args += ["--set", f"spark.event_log={tmp_path / 'events'}"]
+    command = submit_command("local[2]", ENTRY_POINT, args, conf={"spark.sql.shuffle.partitions": "3"})
+    result = run_submit(command, cwd=tmp_path)
+    # spark-submit passes the Python driver's stderr (segspark's log) on to its stdout
     assert "k = 5 by highest silhouette over k=4..6" in result.stdout
+    assert "give it to spark-submit with --conf spark.eventLog.enabled=true" in result.stdout
     manifest = json.loads((tmp_path / "lake" / "runs" / "submitted" / "manifest.json").read_text())
     assert manifest["rows"] == {"read": 3000, "assigned": 3000, "rejected": 0}
     # what spark-submit set wins over the config's local default
     assert manifest["spark_master"] == "local[2]"
+    assert manifest["spark_application"]["event_log"] is None
+
+
+@pytest.mark.slow
+def test_event_log_names_each_step_and_each_k(demo_data, tmp_path):
+    """spark.event_log turns on Spark's event log; its jobs carry segspark's step descriptions, which the
+    history server shows."""
+    events = tmp_path / "events"
+    config = _config_file(tmp_path, demo_data["customers"], spark={"conf": {"spark.ui.enabled": False}})
+    command = [sys.executable, "-m", "segspark", "--quiet", "run", "--config", config]
+    command += ["--set", "model.k={min: 4, max: 5}", "--set", "output.run_id=logged"]
+    command += ["--set", f"spark.event_log={events}", "--set", "spark.conf.spark.eventLog.compress=false"]
+    result = subprocess.run(command, capture_output=True, text=True, env=submit_env(), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    manifest = json.loads((tmp_path / "lake" / "runs" / "logged" / "manifest.json").read_text())
+    application = manifest["spark_application"]
+    assert application["event_log"] == str(events)
+    logs = [p for p in events.rglob("*") if p.is_file() and application["id"] in p.name]
+    assert logs, list(events.rglob("*"))
+    descriptions = set()
+    for line in logs[0].read_text().splitlines():
+        event = json.loads(line)
+        if event["Event"] == "SparkListenerJobStart":
+            descriptions.add(event.get("Properties", {}).get("spark.job.description"))
+    for step in ["validate", "prepare", "sweep k=4", "sweep k=5", "profile", "write assignments"]:
+        assert f"segspark: {step}" in descriptions, sorted(map(str, descriptions))

@@ -11,7 +11,7 @@ import pytest
 from segspark.config import SegmentSettings, settings_from_dict
 from segspark.errors import ConfigError
 from segspark.job import run
-from segspark.profiles import check_playbook, name_segments, suggest_actions
+from segspark.profiles import _pooled, check_playbook, name_segments, suggest_actions
 from segspark.segments import EarlierRun, segment_ids
 from tests.conftest import base_config
 
@@ -151,3 +151,15 @@ def test_shuffled_input_gives_the_same_profiles_and_metrics(two_runs):
     pd.testing.assert_frame_equal(first.profiles[columns], second.profiles[columns], rtol=1e-9)
     metrics = ["k", "silhouette", "wssse", "chosen"]
     pd.testing.assert_frame_equal(first.k_metrics[metrics], second.k_metrics[metrics], rtol=1e-9)
+
+
+def test_everyone_mean_and_std_are_pooled_from_the_segments_stats():
+    rng = np.random.default_rng(3)
+    values = pd.Series(rng.normal(50, 12, 500))
+    values[rng.random(500) < 0.1] = np.nan  # missing values count in no statistic
+    segment = pd.Series(rng.integers(0, 4, 500))
+    segment[0] = 4  # a segment of one customer: no spread of its own
+    grouped = values.groupby(segment)
+    mean, std = _pooled(grouped.count(), grouped.mean(), grouped.std(ddof=1))
+    assert mean == pytest.approx(values.mean(), rel=1e-12)
+    assert std == pytest.approx(values.std(ddof=1), rel=1e-12)

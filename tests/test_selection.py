@@ -17,7 +17,7 @@ from sklearn.metrics import adjusted_rand_score, calinski_harabasz_score, davies
 from segspark.config import ModelSettings, settings_from_dict
 from segspark.job import run
 from segspark.metrics import CLUSTER, adjusted_rand, cluster_stats, knee_scores
-from segspark.sweep import choose_k, make_estimator, sweep_k
+from segspark.sweep import choose_k, fit_k, make_estimator, sweep_k
 from tests.conftest import base_config
 
 CENTRES = np.array([[0.0, 0.0, 0.0], [6.0, 1.0, -3.0], [-4.0, 6.0, 1.0], [3.0, -6.0, 4.0]])
@@ -163,6 +163,8 @@ def test_k_is_chosen_on_a_sample_and_the_chosen_k_fitted_on_all_rows(blobs):
     assert 80 <= sampled.sample_rows <= 160 and sampled.rows == 200
     assert "on a uniform sample of" in sampled.rule
     assert sampled.chosen.stats.counts.sum() == 200  # the final fit and its metrics use every row
+    # its first start on all rows is as good per customer as the sample's best: no more starts needed
+    assert sampled.chosen.starts == 1 and all(r.starts == 2 for r in sampled.results)
     assert all(r.stats.counts.sum() == sampled.sample_rows for r in sampled.results)
     points, labels = _labels(sampled.chosen.model.transform(blobs[1]))
     assert sampled.chosen.stats.calinski_harabasz == pytest.approx(
@@ -174,3 +176,22 @@ def test_sampling_is_off_when_the_data_is_smaller_or_sample_size_is_0(blobs):
     for settings in (ModelSettings(k=4, sample_size=500), ModelSettings(k=4, sample_size=0)):
         result = sweep_k(blobs[1], settings)
         assert result.sample_rows is None and result.chosen.stats.counts.sum() == 200
+
+
+def test_restarts_stop_at_the_first_fit_below_the_acceptance_bar(blobs):
+    settings = ModelSettings(k=4, restarts=3)
+    assert fit_k(blobs[1], settings, 4, accept_below=math.inf)[0].starts == 1
+    assert fit_k(blobs[1], settings, 4, accept_below=-math.inf)[0].starts == 3
+    assert fit_k(blobs[1], settings, 4)[0].starts == 3
+
+
+def test_fitting_several_k_at_once_gives_the_same_sweep(blobs):
+    one_by_one = sweep_k(blobs[1], ModelSettings(k={"min": 2, "max": 6}, parallel_fits=1, restarts=2))
+    side_by_side = sweep_k(blobs[1], ModelSettings(k={"min": 2, "max": 6}, parallel_fits=3, restarts=2))
+    timings = ["seconds"]
+    assert (
+        pd.DataFrame([r.metrics() for r in side_by_side.results])
+        .drop(columns=timings)
+        .equals(pd.DataFrame([r.metrics() for r in one_by_one.results]).drop(columns=timings))
+    )
+    assert side_by_side.chosen.k == one_by_one.chosen.k == 4
