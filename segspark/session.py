@@ -35,9 +35,10 @@ def local_cores(master: str) -> int:
 
 
 def local_defaults(master: str) -> dict[str, str]:
-    """Settings for a local session: shuffles sized to the cores, catalog files out of the working tree."""
+    """Settings for a local session: one partition per core for shuffles (the sweep runs hundreds of small
+    jobs, and every partition is a task to schedule), catalog files out of the working tree."""
     scratch = os.path.join(tempfile.gettempdir(), "segspark-spark")
-    partitions = str(max(2, 2 * local_cores(master)))
+    partitions = str(max(2, local_cores(master)))
     return {
         "spark.sql.shuffle.partitions": partitions,
         "spark.default.parallelism": partitions,
