@@ -193,8 +193,8 @@ def _sweep(data: DataFrame, settings: ModelSettings, label: Label, coarse: bool 
         with label(f"sweep k={k}"):
             return fit_k(data, settings, k, references, coarse=coarse)
 
-    # Each fit is hundreds of small Spark jobs: several k side by side keep the cores busy while the
-    # driver plans the next job. The results do not depend on it (every fit has its own seed).
+    # Each k is dozens of small Spark jobs: several k side by side keep the cores busy while the driver
+    # plans the next job. The results do not depend on it (every fit has its own seed).
     with ThreadPoolExecutor(max_workers=settings.parallel_fits, thread_name_prefix="sweep") as pool:
         outcomes = list(pool.map(fit, settings.k_values))
     results: list[KResult] = []
