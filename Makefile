@@ -32,10 +32,12 @@ data/demo/customers.parquet: | $(VENV)/.installed
 run: setup data/demo/customers.parquet
 	$(BIN)/segspark run --config conf/local.yaml
 
-# The whole suite on pyspark 4.x, then the end-to-end tests (job, CLI, spark-submit) on pyspark 3.5.
+# The whole suite on pyspark 4.x, then the end-to-end tests (job, CLI, spark-submit, local-cluster)
+# on pyspark 3.5.
 test: setup $(VENV35)/.installed
 	$(BIN)/python -m pytest
-	$(VENV35)/bin/python -m pytest tests/test_job.py tests/test_cli.py
+	$(VENV35)/bin/python -m pytest tests/test_job.py tests/test_cli.py \
+		tests/test_cluster.py::test_local_cluster_run_matches_the_local_run
 
 # segspark against scikit-learn at 1M customers (BENCH_SIZES="1000000 10000000" for the 10M run)
 BENCH_SIZES ?= 1000000
