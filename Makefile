@@ -55,4 +55,4 @@ lint: setup
 	$(BIN)/ruff format --check segspark jobs scripts tests
 
 clean:
-	rm -rf $(VENV) $(VENV35) data lake bench-data build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) $(VENV35) data lake bench-data build dist .cluster *.egg-info .pytest_cache
