@@ -17,7 +17,7 @@ from sklearn.metrics import adjusted_rand_score, calinski_harabasz_score, davies
 from segspark.config import ModelSettings, settings_from_dict
 from segspark.job import run
 from segspark.metrics import CLUSTER, adjusted_rand, cluster_stats, knee_scores
-from segspark.sweep import choose_k, fit_k, make_estimator, sweep_k
+from segspark.sweep import SAMPLE_TOLERANCE, choose_k, fit_k, make_estimator, sweep_k
 from tests.conftest import base_config
 
 CENTRES = np.array([[0.0, 0.0, 0.0], [6.0, 1.0, -3.0], [-4.0, 6.0, 1.0], [3.0, -6.0, 4.0]])
@@ -165,6 +165,9 @@ def test_k_is_chosen_on_a_sample_and_the_chosen_k_fitted_on_all_rows(blobs):
     assert sampled.chosen.stats.counts.sum() == 200  # the final fit and its metrics use every row
     # its first start on all rows is as good per customer as the sample's best: no more starts needed
     assert sampled.chosen.starts == 1 and all(r.starts == 2 for r in sampled.results)
+    # fits on the sample only rank k and stop earlier; the final fit converges at Spark's default
+    assert all(r.model.getTol() == SAMPLE_TOLERANCE for r in sampled.results)
+    assert sampled.chosen.model.getTol() == 1e-4
     assert all(r.stats.counts.sum() == sampled.sample_rows for r in sampled.results)
     points, labels = _labels(sampled.chosen.model.transform(blobs[1]))
     assert sampled.chosen.stats.calinski_harabasz == pytest.approx(
