@@ -153,6 +153,8 @@ def format_summary(manifest: dict, run_dir: str, seconds: float) -> str:
         f"k = {k['chosen']} by {k['rule']} (silhouette {k['silhouette']:.3f}"
         + (f"; runner-up k={runner_up['k']} at {runner_up['silhouette']:.3f})" if runner_up else ")"),
     ]
+    if k.get("near_tie"):
+        lines.append(f"near tie: {k['verdict']}")
     if k.get("stability"):
         stability = k["stability"]
         lines.append(

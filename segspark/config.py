@@ -147,7 +147,10 @@ class ModelSettings(_Section):
     prefer: KRange | None = None  # e.g. {min: 3, max: 5}: the best k inside this range wins
     seed: int = 42
     max_iter: int = Field(default=20, ge=1)
-    restarts: int = Field(default=3, ge=1)  # fits per k from different seeds; the lowest WSSSE is kept
+    # starts per k, at most: from different seeds, until two reach the best objective (see sweep.fit_k)
+    restarts: int = Field(default=10, ge=1)
+    confirm_tolerance: float = Field(default=1e-3, gt=0, lt=1)  # relative: "the same objective"
+    continuity: bool = True  # a near tie between the earlier run's k and another k keeps the earlier k
     gap: bool = False  # compute the gap statistic even when selection is not gap (it costs B fits per k)
     gap_references: int = Field(default=10, ge=2)  # B, the reference data sets of the gap statistic
     stability_runs: int = Field(default=0, ge=0)  # refits of the chosen k on bootstrap samples; 0: off

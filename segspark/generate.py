@@ -133,6 +133,33 @@ def write_customers(out: str, n: int, seed: int = 7, fmt: str = "parquet") -> di
     return paths
 
 
+WEAK_GROUPS = [  # share, then the means of two behaviour scores (in sd) and of log spend
+    (0.5, 0.0, 0.0, 4.0),
+    (0.3, 1.8, 0.5, 4.5),
+    (0.2, 0.6, 1.8, 4.2),
+]
+
+
+def weak_customers(n: int, seed: int = 7) -> pd.DataFrame:
+    """A harder table than the archetypes, for checking that repeated runs agree on data nobody tuned
+    for: three overlapping groups in two scores, a right-skewed spend (log-normal) and a feature with
+    no structure at all. customer_id, engagement, loyalty, spend, tenure_months, true_segment."""
+    rng = np.random.default_rng(seed)
+    shares = np.array([g[0] for g in WEAK_GROUPS])
+    truth = rng.choice(len(WEAK_GROUPS), size=n, p=shares)
+    means = np.array([g[1:] for g in WEAK_GROUPS])[truth]
+    return pd.DataFrame(
+        {
+            "customer_id": [f"W{i:07d}" for i in range(1, n + 1)],
+            "engagement": rng.normal(means[:, 0], 1.0).round(3),
+            "loyalty": rng.normal(means[:, 1], 1.0).round(3),
+            "spend": np.exp(rng.normal(means[:, 2], 0.6)).round(2),
+            "tenure_months": rng.integers(1, 120, size=n),
+            "true_segment": truth.astype("int32"),
+        }
+    )
+
+
 ORDERS_AS_OF = dt.date(2026, 1, 1)  # the day after the last possible generated order
 HISTORY_DAYS = 365  # a customer's earlier orders fall within the year before their last one
 AMOUNT_SHAPE = 8.0  # gamma shape of an order's amount around the customer's mean: sd = mean / sqrt(8)

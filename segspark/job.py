@@ -50,7 +50,7 @@ from segspark.segments import (
     with_segment,
 )
 from segspark.session import event_log_dir, get_session
-from segspark.sweep import centers_of, sweep_k
+from segspark.sweep import SweepResult, centers_of, sweep_k
 from segspark.validate import (
     FeatureSpec,
     resolve_features,
@@ -194,8 +194,10 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
         )
         cached.append(prepared)
 
+    earlier = _earlier_run(lake)
     with step("sweep"):
-        sweep = sweep_k(prepared, settings.model, step.label)
+        earlier_k = (len(earlier.segments), earlier.run_id) if earlier else None
+        sweep = sweep_k(prepared, settings.model, step.label, earlier_k)
     chosen = sweep.chosen.model
     model = PipelineModel(stages=[*preparation.stages, chosen])
 
@@ -208,7 +210,6 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
         stats = sweep.chosen.stats
         sizes = dict(zip(stats.clusters, stats.counts.astype(int).tolist(), strict=True))
         columns = vector_columns(preparation, spec)
-        earlier = _earlier_run(lake)
         segment_of = segment_ids(centers_unscaled, sizes, mean, std, columns, earlier)
         cluster_of = {segment: cluster for cluster, segment in segment_of.items()}
         assigned = with_segment(clustered, segment_of).persist()
@@ -275,6 +276,7 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
             "selection": settings.model.selection,
             "sweep_rows": sweep.sample_rows or sweep.rows,
             "runner_up": _describe_k(sweep.runner_up),
+            **_describe_contest(sweep),
             "stability": sweep.stability or None,
             "metrics": k_metrics.to_dict(orient="records"),
         },
@@ -420,6 +422,19 @@ def _describe_features(spec: FeatureSpec) -> dict[str, Any]:
         "sensitive_excluded": spec.sensitive_excluded,
         "not_numeric": spec.not_numeric,
         "sensitive_allowed": spec.sensitive_allowed,
+    }
+
+
+def _describe_contest(sweep: SweepResult) -> dict[str, Any]:
+    """How clearly k won: the rule's score difference to the runner-up, its noise, near tie or not."""
+    contest = sweep.contest
+    return {
+        "margin": contest.margin if contest else None,
+        "noise": contest.noise if contest else None,
+        "near_tie": sweep.near_tie,
+        "verdict": sweep.verdict(),
+        "kept_earlier": sweep.kept_earlier,
+        "confirmed": sweep.chosen.confirmed,
     }
 
 

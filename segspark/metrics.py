@@ -6,14 +6,15 @@ Only per-cluster summaries (k rows) reach the driver: counts, mean vectors, sums
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import reduce
 
 import numpy as np
 import pyspark.sql.functions as F
 from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.ml.stat import Summarizer
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 
 from segspark.prepare import FEATURES
 
@@ -32,47 +33,109 @@ def silhouette(predictions: DataFrame, features_col: str = FEATURES, prediction_
     return float(evaluator.evaluate(predictions))
 
 
+BOOTSTRAP_REPLICATES = 30  # Poisson-weighted replicates of every sum below: the metrics' noise
+# P(Poisson(1) <= w) for w = 0..7: a uniform draw below the w-th bound counts the row w times
+_POISSON_BOUNDS = np.cumsum([math.exp(-1) / math.factorial(w) for w in range(8)]).tolist()
+
+
 @dataclass(frozen=True)
 class ClusterStats:
-    """Per-cluster summaries of a clustering, enough for WSSSE, Calinski-Harabasz and Davies-Bouldin."""
+    """Per-cluster sums of a clustering, enough for every metric: silhouette, WSSSE, Calinski-Harabasz
+    and Davies-Bouldin; with the same sums under Poisson bootstrap weights, enough for their noise."""
 
     clusters: list[int]  # the non-empty clusters' indices, in the order of the arrays below
     counts: np.ndarray  # n_j
     means: np.ndarray  # m_j (k x d)
     within: np.ndarray  # sum of squared distances to m_j, per cluster
     spread: np.ndarray  # mean Euclidean distance to m_j, per cluster
+    silhouettes: np.ndarray  # sum of the customers' silhouette coefficients, per cluster
+    # B x k each: the sums of weights, squared distances, distances and silhouettes per replicate
+    replicates: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def wssse(self) -> float:
         return float(self.within.sum())
 
     @property
+    def silhouette(self) -> float:
+        """Mean silhouette with squared Euclidean distance, as Spark's ClusteringEvaluator defines it."""
+        return float(self.silhouettes.sum() / self.counts.sum())
+
+    @property
     def calinski_harabasz(self) -> float:
         """Between- over within-cluster dispersion, each per degree of freedom (Calinski & Harabasz 1974)."""
-        n, k = self.counts.sum(), len(self.counts)
-        centre = (self.counts[:, None] * self.means).sum(axis=0) / n
-        between = float((self.counts * ((self.means - centre) ** 2).sum(axis=1)).sum())
-        if k < 2 or self.wssse == 0:
-            return math.nan
-        return between / (k - 1) / (self.wssse / (n - k))
+        return _calinski_harabasz(self.counts, self.means, self.wssse)
 
     @property
     def davies_bouldin(self) -> float:
         """Mean over clusters of the worst (s_i + s_j) / d(m_i, m_j) (Davies & Bouldin 1979); lower wins."""
-        k = len(self.counts)
-        if k < 2:
-            return math.nan
-        distance = np.linalg.norm(self.means[:, None, :] - self.means[None, :, :], axis=2)
-        ratio = (self.spread[:, None] + self.spread[None, :]) / np.where(distance > 0, distance, np.inf)
-        np.fill_diagonal(ratio, -np.inf)
-        return float(ratio.max(axis=1).mean())
+        return _davies_bouldin(self.means, self.spread)
+
+    def bootstrap(self) -> dict[str, np.ndarray]:
+        """Each metric once per bootstrap replicate (B values), with this clustering's centres kept."""
+        weights, within = self.replicates["weights"], self.replicates["within"]
+        spread = self.replicates["distances"] / np.where(weights > 0, weights, 1.0)
+        return {
+            "silhouette": self.replicates["silhouettes"].sum(axis=1) / weights.sum(axis=1),
+            "wssse": within.sum(axis=1),
+            "calinski_harabasz": np.array(
+                [_calinski_harabasz(w, self.means, s.sum()) for w, s in zip(weights, within, strict=True)]
+            ),
+            "davies_bouldin": np.array([_davies_bouldin(self.means, s) for s in spread]),
+        }
+
+
+def _calinski_harabasz(counts: np.ndarray, means: np.ndarray, wssse: float) -> float:
+    n, k = counts.sum(), len(counts)
+    if k < 2 or wssse == 0:
+        return math.nan
+    centre = (counts[:, None] * means).sum(axis=0) / n
+    between = float((counts * ((means - centre) ** 2).sum(axis=1)).sum())
+    return between / (k - 1) / (wssse / (n - k))
+
+
+def _davies_bouldin(means: np.ndarray, spread: np.ndarray) -> float:
+    k = len(means)
+    if k < 2:
+        return math.nan
+    distance = np.linalg.norm(means[:, None, :] - means[None, :, :], axis=2)
+    ratio = (spread[:, None] + spread[None, :]) / np.where(distance > 0, distance, np.inf)
+    np.fill_diagonal(ratio, -np.inf)
+    return float(ratio.max(axis=1).mean())
+
+
+def _dot(x: Column, vector: np.ndarray) -> Column:
+    """x . v for an array column x and a constant vector v."""
+    return reduce(lambda total, term: total + term, [x[j] * float(v) for j, v in enumerate(vector)])
+
+
+def poisson_weight(draw: Column) -> Column:
+    """A Poisson(1) draw from a uniform one (a column: a random expression inside the branches below
+    would be drawn only where its branch runs): how often the row appears in a bootstrap resample."""
+    weight = F.lit(len(_POISSON_BOUNDS))
+    for w, bound in reversed(list(enumerate(_POISSON_BOUNDS))):
+        weight = F.when(draw < bound, F.lit(w)).otherwise(weight)
+    return weight.cast("double")
 
 
 def cluster_stats(
-    predictions: DataFrame, features_col: str = FEATURES, prediction_col: str = CLUSTER
+    predictions: DataFrame,
+    features_col: str = FEATURES,
+    prediction_col: str = CLUSTER,
+    replicates: int = BOOTSTRAP_REPLICATES,
+    seed: int = 0,
 ) -> ClusterStats:
-    """Two passes over the data: counts, means and sums of squares; then distances to the means."""
-    squares = F.aggregate(vector_to_array(F.col(features_col)), F.lit(0.0), lambda total, x: total + x * x)
+    """Two passes over the data: counts, means and sums of squares per cluster; then, with those, each
+    customer's distance to its centre and silhouette, summed per cluster, plainly and per bootstrap
+    replicate.
+
+    The silhouette is Spark's (ClusteringEvaluator, squared Euclidean): for a customer x in cluster A,
+    the mean squared distance to the members of a cluster C is ||x||^2 - 2 x.m_C + mean_C ||y||^2, so
+    it needs only each cluster's count, mean and mean squared norm; a excludes x itself (n_A / (n_A-1))
+    and a customer alone in its cluster scores 0.
+    """
+    x = vector_to_array(F.col(features_col))
+    squares = F.aggregate(x, F.lit(0.0), lambda total, v: total + v * v)
     rows = (
         predictions.groupBy(prediction_col)
         .agg(
@@ -86,31 +149,81 @@ def cluster_stats(
     clusters = [r[prediction_col] for r in rows]
     counts = np.array([r["n"] for r in rows], dtype=float)
     means = np.array([r["mean"].toArray() for r in rows])
+    squared_norms = np.array([r["squares"] for r in rows])
     # sum ||x - m||^2 = sum ||x||^2 - n ||m||^2: exact in the scaled space, where values are O(1)
-    within = np.maximum(np.array([r["squares"] for r in rows]) - counts * (means**2).sum(axis=1), 0.0)
-    table = F.create_map(
-        *[
-            p
-            for c, m in zip(clusters, means, strict=True)
-            for p in (F.lit(c), F.array(*map(F.lit, m.tolist())))
-        ]
+    within = np.maximum(squared_norms - counts * (means**2).sum(axis=1), 0.0)
+
+    own = F.col(prediction_col)
+    per_row = predictions.select(own.alias(prediction_col), x.alias("x"), squares.alias("xx")).select(
+        prediction_col,
+        "xx",
+        *[_dot(F.col("x"), m).alias(f"dot{i}") for i, m in enumerate(means)],
+        *[F.rand(seed * 1_000 + b).alias(f"u{b}") for b in range(replicates)],
     )
-    centre = F.element_at(table, F.col(prediction_col))
-    distance = F.sqrt(
-        F.aggregate(
-            F.zip_with(vector_to_array(F.col(features_col)), centre, lambda x, m: (x - m) * (x - m)),
-            F.lit(0.0),
-            lambda total, x: total + x,
+    xx = F.col("xx")
+    # mean squared distance to the members of each cluster, and to each centre
+    to_members = [
+        xx - 2 * F.col(f"dot{i}") + float(q / n)
+        for i, (q, n) in enumerate(zip(squared_norms, counts, strict=True))
+    ]
+    to_centre = [xx - 2 * F.col(f"dot{i}") + float(m @ m) for i, m in enumerate(means)]
+
+    def of_own(values: list) -> Column:
+        choice = F.lit(None)
+        for c, value in zip(clusters, values, strict=True):
+            choice = F.when(own == c, value).otherwise(choice)
+        return choice
+
+    size = of_own([F.lit(float(n)) for n in counts])
+    a = of_own(to_members) * size / (size - 1)
+    b = F.least(*[F.when(own != c, v) for c, v in zip(clusters, to_members, strict=True)])
+    coefficient = (
+        F.when(size <= 1, 0.0).when(a < b, 1 - a / b).when(a > b, b / a - 1).otherwise(0.0)
+        if len(clusters) > 1
+        else F.lit(0.0)
+    )
+    squared = F.greatest(of_own(to_centre), F.lit(0.0))
+    measures = per_row.select(
+        own.alias(prediction_col),
+        squared.alias("sq"),
+        F.sqrt(squared).alias("d"),
+        coefficient.alias("s"),
+        *[poisson_weight(F.col(f"u{b}")).alias(f"w{b}") for b in range(replicates)],
+    )
+    sums = {
+        r[prediction_col]: r
+        for r in measures.groupBy(prediction_col)
+        .agg(
+            F.sum("d").alias("d"),
+            F.sum("s").alias("s"),
+            *[
+                F.sum(F.col(f"w{b}") * F.col(name)).alias(f"{name}{b}")
+                for b in range(replicates)
+                for name in ("sq", "d", "s")
+            ],
+            *[F.sum(f"w{b}").alias(f"n{b}") for b in range(replicates)],
         )
-    )
-    mean_distance = dict(
-        predictions.groupBy(prediction_col)
-        .agg(F.avg(distance).alias("d"))
-        .select(prediction_col, "d")
         .collect()
+    }
+    ordered = [sums[c] for c in clusters]
+
+    def per_replicate(name: str) -> np.ndarray:
+        return np.array([[r[f"{name}{b}"] for r in ordered] for b in range(replicates)], dtype=float)
+
+    return ClusterStats(
+        clusters=clusters,
+        counts=counts,
+        means=means,
+        within=within,
+        spread=np.array([r["d"] for r in ordered]) / counts,
+        silhouettes=np.array([r["s"] for r in ordered], dtype=float),
+        replicates={
+            "weights": per_replicate("n"),
+            "within": per_replicate("sq"),
+            "distances": per_replicate("d"),
+            "silhouettes": per_replicate("s"),
+        },
     )
-    spread = np.array([mean_distance[c] for c in clusters])
-    return ClusterStats(clusters, counts, means, within, spread)
 
 
 def knee_scores(ks: list[int], values: list[float]) -> np.ndarray:

@@ -155,6 +155,8 @@ def _summary(manifest: dict[str, Any]) -> str:
     text = f"k = {k['chosen']} was chosen by {k['rule']}" + (
         f"; the runner-up was k = {runner['k']} (silhouette {runner['silhouette']:.3f})." if runner else "."
     )
+    if k.get("near_tie"):
+        text += f" Near tie: {k['verdict']}."
     if k.get("stability"):
         text += (
             f" Refitted on {k['stability']['runs']} bootstrap samples, the segments agree with a mean "

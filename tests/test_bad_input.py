@@ -127,7 +127,28 @@ def test_fewer_distinct_customers_than_k_clips_the_range(spark, tmp_path, caplog
         result = _run(spark, tmp_path, frame, model={"k": {"min": 2, "max": 6}})
     assert result.k_metrics["k"].tolist() == [2, 3]
     assert result.manifest["k"]["chosen"] == 3
-    assert "found only 3 distinct groups" in caplog.text
+    clipped = "k=2..6 clipped to k=2..3: only 3 distinct feature values"
+    assert clipped in caplog.text and clipped in result.manifest["k"]["rule"]
+
+
+def test_too_few_customers_for_the_smallest_k_stop_with_a_message(spark, tmp_path):
+    frame = pd.DataFrame({"customer_id": ["a", "b"], "spend": [1.0, 90.0], "visits": [1.0, 9.0]})
+    with pytest.raises(InputDataError, match="2 usable customers are too few for k=2: .* at least 6"):
+        _run(spark, tmp_path, frame)
+
+
+def test_a_range_clipped_to_one_k_says_so_rather_than_fixed(spark, tmp_path):
+    frame = pd.DataFrame(
+        {
+            "customer_id": [f"c{i}" for i in range(7)],
+            "spend": [1.0, 2, 3, 50, 51, 52, 53],
+            "visits": [1.0] * 7,
+        }
+    )
+    result = _run(spark, tmp_path, frame, model={"k": {"min": 2, "max": 10}})
+    rule = result.manifest["k"]["rule"]
+    assert rule.startswith("k=2, the only k left") and "7 customers, at least 3 per segment" in rule
+    assert "fixed" not in rule
 
 
 def test_a_single_distinct_customer_profile_stops_with_a_message(spark, tmp_path):

@@ -182,10 +182,12 @@ def test_sampling_is_off_when_the_data_is_smaller_or_sample_size_is_0(blobs):
 
 
 def test_restarts_stop_at_the_first_fit_below_the_acceptance_bar(blobs):
-    settings = ModelSettings(k=4, restarts=3)
-    assert fit_k(blobs[1], settings, 4, accept_below=math.inf)[0].starts == 1
-    assert fit_k(blobs[1], settings, 4, accept_below=-math.inf)[0].starts == 3
-    assert fit_k(blobs[1], settings, 4)[0].starts == 3
+    settings = ModelSettings(k=4, restarts=4)
+    assert fit_k(blobs[1], settings, 4, accept_below=math.inf).starts == 1
+    assert fit_k(blobs[1], settings, 4, accept_below=-math.inf).starts == 4
+    # without a bar: at least three starts, then stop once two agree on the best (clear blobs: at once)
+    unbarred = fit_k(blobs[1], settings, 4)
+    assert unbarred.starts == 3 and unbarred.confirmed
 
 
 def test_fitting_several_k_at_once_gives_the_same_sweep(blobs):
