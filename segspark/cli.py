@@ -166,6 +166,11 @@ def format_summary(manifest: dict, run_dir: str, seconds: float) -> str:
         lines.append(f"  {number:>3}  {size:>10}  {share:6.1%}  {segment['segment_name']}")
         if segment.get("action"):
             lines.append(f"{'':>24}-> {segment['action']}")
+        if segment.get("rule"):
+            lines.append(
+                f"{'':>24}rule: {segment['rule']} (precision {segment['rule_precision']:.3f}, "
+                f"coverage {segment['rule_coverage']:.3f})"
+            )
     lines.append(f"outputs: {run_dir}")
     if "report" in manifest.get("outputs", {}):
         lines.append(f"report: {manifest['outputs']['report']}")
