@@ -323,6 +323,38 @@ def test_a_missing_consent_column_stops_the_run_naming_it(spark, demo_data, tmp_
         run(settings_from_dict(config), spark)
 
 
+# --- settings --------------------------------------------------------------------------------------
+
+
+def test_the_new_settings_default_to_off_or_the_design_and_refuse_nonsense():
+    from segspark.errors import ConfigError
+
+    minimal = {"input": {"customers": {"path": "c.parquet"}}}
+    settings = settings_from_dict(minimal)
+    assert (settings.output.control_share, settings.output.control_salt) == (0.0, "segspark")
+    assert (settings.segments.outlier_quantile, settings.segments.rule_depth) == (0.99, 3)
+    assert settings.input.customers.consent is None
+    for key, section, value in (
+        ("output.control_share", "output", {"control_share": 1.0}),
+        ("segments.outlier_quantile", "segments", {"outlier_quantile": 0}),
+        ("input.customers.consent.column", "input", {"customers": {"path": "c", "consent": {}}}),
+    ):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            settings_from_dict({**minimal, section: value})
+
+
+def test_the_consent_column_is_never_a_feature(spark):
+    from segspark.config import FeatureSettings
+    from segspark.errors import ConfigError
+    from segspark.validate import resolve_features
+
+    frame = spark.createDataFrame([("a", 1.0, 1), ("b", 2.0, 0)], "customer_id string, spend double, ok int")
+    spec = resolve_features(frame, "customer_id", FeatureSettings(), exclude=("ok",))
+    assert spec.numeric == ["spend"]
+    with pytest.raises(ConfigError, match="consent flag"):
+        resolve_features(frame, "customer_id", FeatureSettings(numeric=["spend", "ok"]), exclude=("ok",))
+
+
 # --- the worked examples in the docstrings ---------------------------------------------------------
 
 
