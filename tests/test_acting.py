@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import doctest
 import hashlib
+import html
 import json
 
 import numpy as np
@@ -158,6 +159,18 @@ def test_rules_count_a_missing_value_as_the_models_median_in_original_units(spar
     assert "COALESCE(annual_income, " in _case_expression(result.run_dir)
 
 
+def test_the_report_shows_each_segments_rule_beside_its_name(acting_run):
+    with open(f"{acting_run.run_dir}/report.html") as file:
+        page = file.read()
+    assert "<h2>Acting on the segments</h2>" in page
+    for row in _rules(acting_run.run_dir).itertuples():
+        assert (
+            f'<td class="l">{html.escape(row.segment_name)}</td><td class="l">{html.escape(row.rule)}</td>'
+            in page
+        )
+        assert f"<td>{row.precision:.1%}</td><td>{row.coverage:.1%}</td>" in page
+
+
 def test_rule_depth_zero_writes_no_rules(spark, demo_data, tmp_path):
     config = base_config(demo_data["customers"], str(tmp_path), model={"k": 3, "restarts": 1})
     config["segments"] = {"rule_depth": 0}
@@ -165,6 +178,36 @@ def test_rule_depth_zero_writes_no_rules(spark, demo_data, tmp_path):
     result = run(settings_from_dict(config), spark)
     assert not (tmp_path / "runs" / result.run_id / "rules").exists()
     assert "rule" not in result.manifest["segments"][0]
+
+
+def _three_bands(spark):
+    """x in three bands with gaps: segment 0 below 10, 1 in 20..30, 2 in 40..50; y is noise."""
+    rows = [(f"c{i}", float(10 * (2 * s) + i % 10), float(i % 7), s) for s in range(3) for i in range(30)]
+    return spark.createDataFrame(rows, "customer_id string, x double, y double, segment int")
+
+
+def test_a_hand_made_case_gets_the_rules_read_off_the_data(spark):
+    from segspark.rules import segment_rules
+
+    names = {0: "low", 1: "middle", 2: "high"}
+    rules = segment_rules(_three_bands(spark), ["x", "y"], names, {"x": 25.0, "y": 3.0}, depth=2, seed=1)
+    table = rules.table.set_index("segment")
+    # thresholds fall in the gaps (9..20 and 29..40), so each rule picks out exactly its band
+    assert table["precision"].tolist() == [1.0, 1.0, 1.0] and table["coverage"].tolist() == [1.0, 1.0, 1.0]
+    assert table.loc[0, "rule"].startswith("x <= ") and 9 <= float(table.loc[0, "rule"].split()[-1]) < 20
+    assert "x > " in table.loc[2, "rule"] and "y" not in "".join(table["rule"])
+    assert rules.sql.startswith("CASE\n  WHEN COALESCE(x, 25) <= ") and rules.sql.endswith("ELSE NULL\nEND")
+
+
+def test_a_segment_the_tree_cannot_reach_has_no_rule(spark):
+    from segspark.rules import segment_rules
+
+    names = {0: "low", 1: "middle", 2: "high"}
+    rules = segment_rules(_three_bands(spark), ["x", "y"], names, {"x": 25.0, "y": 3.0}, depth=1, seed=1)
+    table = rules.table.set_index("segment")
+    without = table[table["rule"].isna()]
+    assert len(without) == 1 and without["coverage"].tolist() == [0.0] and without["precision"].isna().all()
+    assert rules.sql.count("WHEN") == 2
 
 
 # --- outliers --------------------------------------------------------------------------------------
