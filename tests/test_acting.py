@@ -13,15 +13,21 @@ import json
 
 import numpy as np
 import pandas as pd
+import pyspark.sql.functions as F
 import pytest
 
 import segspark.consent
 import segspark.experiment
 import segspark.rules
-from segspark.config import CustomersInput, settings_from_dict
+from segspark.cli import format_summary
+from segspark.config import CustomersInput, FeatureSettings, settings_from_dict
+from segspark.errors import ConfigError, InputDataError
+from segspark.experiment import CONTROL, control_group, control_tolerance
 from segspark.generate import FEATURES
 from segspark.job import run
+from segspark.rules import segment_rules
 from segspark.score import score
+from segspark.validate import resolve_features
 from tests.conftest import base_config
 
 CONTROL_SHARE = 0.2
@@ -111,8 +117,6 @@ def test_the_rules_of_one_tree_never_overlap(acting_run, joined):
 
 
 def test_the_manifest_and_the_summary_carry_each_segments_rule(acting_run):
-    from segspark.cli import format_summary
-
     rules = _rules(acting_run.run_dir).set_index("segment")
     for segment in acting_run.manifest["segments"]:
         assert segment["rule"] == rules.loc[segment["segment"], "rule"]
@@ -122,8 +126,6 @@ def test_the_manifest_and_the_summary_carry_each_segments_rule(acting_run):
 
 
 def test_the_summary_counts_outliers_and_groups(acting_run, joined):
-    from segspark.cli import format_summary
-
     summary = format_summary(acting_run.manifest, acting_run.run_dir, 1.0)
     control = (joined["group"] == "control").sum()
     expected = (
@@ -198,8 +200,6 @@ def _three_bands(spark):
 
 
 def test_a_hand_made_case_gets_the_rules_read_off_the_data(spark):
-    from segspark.rules import segment_rules
-
     names = {0: "low", 1: "middle", 2: "high"}
     rules = segment_rules(_three_bands(spark), ["x", "y"], names, {"x": 25.0, "y": 3.0}, depth=2, seed=1)
     table = rules.table.set_index("segment")
@@ -211,8 +211,6 @@ def test_a_hand_made_case_gets_the_rules_read_off_the_data(spark):
 
 
 def test_a_segment_the_tree_cannot_reach_has_no_rule(spark):
-    from segspark.rules import segment_rules
-
     names = {0: "low", 1: "middle", 2: "high"}
     rules = segment_rules(_three_bands(spark), ["x", "y"], names, {"x": 25.0, "y": 3.0}, depth=1, seed=1)
     table = rules.table.set_index("segment")
@@ -270,10 +268,6 @@ def test_no_group_column_when_control_share_is_zero(spark, demo_data, tmp_path):
 @pytest.mark.parametrize("size", [200, 2_000, 20_000, 200_000])
 @pytest.mark.parametrize("share", [0.05, 0.2, 0.5])
 def test_control_share_per_segment_is_within_the_stated_tolerance(spark, size, share):
-    import pyspark.sql.functions as F
-
-    from segspark.experiment import CONTROL, control_group, control_tolerance
-
     customers = spark.range(size).select(
         F.concat(F.lit("cust-"), F.col("id").cast("string")).alias("customer_id"),
         (F.col("id") % 3).alias("segment"),
@@ -343,8 +337,6 @@ def test_customers_without_consent_are_rejected_and_never_segmented(consent_run)
     assigned = pd.read_parquet(f"{result.run_dir}/assignments")
     assert not set(assigned["customer_id"]) & refused_ids
     assert "marketing_consent" not in result.manifest["features"]["numeric"]
-    from segspark.cli import format_summary
-
     summary = format_summary(result.manifest, result.run_dir, 1.0)
     assert f"consent: {refused_rows} customers left out (no consent to profiling)" in summary
 
@@ -373,8 +365,6 @@ def test_customers_without_consent_stay_out_of_the_sample_report_and_scoring(spa
 
 
 def test_a_missing_consent_column_stops_the_run_naming_it(spark, demo_data, tmp_path):
-    from segspark.errors import InputDataError
-
     config = base_config(demo_data["customers"], str(tmp_path), model={"k": 3})
     config["input"]["customers"]["consent"] = {"column": "opt_in"}
     with pytest.raises(InputDataError, match="opt_in"):
@@ -385,8 +375,6 @@ def test_a_missing_consent_column_stops_the_run_naming_it(spark, demo_data, tmp_
 
 
 def test_the_new_settings_default_to_off_or_the_design_and_refuse_nonsense():
-    from segspark.errors import ConfigError
-
     minimal = {"input": {"customers": {"path": "c.parquet"}}}
     settings = settings_from_dict(minimal)
     assert (settings.output.control_share, settings.output.control_salt) == (0.0, "segspark")
@@ -402,10 +390,6 @@ def test_the_new_settings_default_to_off_or_the_design_and_refuse_nonsense():
 
 
 def test_the_consent_column_is_never_a_feature(spark):
-    from segspark.config import FeatureSettings
-    from segspark.errors import ConfigError
-    from segspark.validate import resolve_features
-
     frame = spark.createDataFrame([("a", 1.0, 1), ("b", 2.0, 0)], "customer_id string, spend double, ok int")
     spec = resolve_features(frame, "customer_id", FeatureSettings(), exclude=("ok",))
     assert spec.numeric == ["spend"]
