@@ -168,10 +168,35 @@ def format_summary(manifest: dict, run_dir: str, seconds: float) -> str:
         lines.append(f"  {number:>3}  {size:>10}  {share:6.1%}  {segment['segment_name']}")
         if segment.get("action"):
             lines.append(f"{'':>24}-> {segment['action']}")
+        if segment.get("rule"):
+            lines.append(
+                f"{'':>24}rule (precision {segment['rule_precision']:.3f}, "
+                f"coverage {segment['rule_coverage']:.3f}): {segment['rule']}"
+            )
+    lines += _acting_lines(manifest)
     lines.append(f"outputs: {run_dir}")
     if "report" in manifest.get("outputs", {}):
         lines.append(f"report: {manifest['outputs']['report']}")
     return "\n".join(lines)
+
+
+def _acting_lines(manifest: dict) -> list[str]:
+    """Outliers, control groups and customers left out for lack of consent, when the run has them."""
+    segments = manifest["segments"]
+    lines = []
+    if segments and "outliers" in segments[0]:
+        parts = [f"outliers {sum(s['outliers'] for s in segments)}"]
+        if "control" in segments[0]:
+            parts.append(
+                f"control group {sum(s['control'] for s in segments)}, "
+                f"treatment {sum(s['treatment'] for s in segments)}"
+            )
+        lines.append("acting: " + "; ".join(parts))
+    if manifest.get("consent"):
+        lines.append(
+            f"consent: {manifest['consent']['rejected']} customers left out (no consent to profiling)"
+        )
+    return lines
 
 
 def _orders_line(orders: dict | None) -> list[str]:

@@ -87,8 +87,19 @@ class SourceSettings(_Section):
         return self
 
 
+class ConsentSettings(_Section):
+    """Customers whose ``column`` holds none of the ``allowed`` values are left out of the segmentation."""
+
+    column: str
+    # compared as text, case-insensitively: true, "yes", "y" and 1 match "TRUE", "Yes", "y" and "1"
+    allowed: list[str | int | float | bool] = Field(
+        default_factory=lambda: [True, "yes", "y", 1], min_length=1
+    )
+
+
 class CustomersInput(SourceSettings):
     id_column: str = "customer_id"
+    consent: ConsentSettings | None = None  # leave out customers without consent to profiling
 
 
 class OrdersInput(SourceSettings):
@@ -185,6 +196,11 @@ class SegmentSettings(_Section):
     name_threshold: float = Field(default=0.5, gt=0)  # |z| from which a feature counts as High / Low
     name_features: int = Field(default=2, ge=1)  # at most this many features in a name
     playbook: list[PlaybookRule] = Field(default_factory=list)
+    # assignments.outlier: farther from the centroid than this quantile of the segment's distances
+    outlier_quantile: float = Field(default=0.99, gt=0, le=1)
+    rule_depth: int = Field(
+        default=3, ge=0, le=8
+    )  # depth of the tree the segment rules come from; 0: no rules
 
 
 class OutputSettings(_Section):
@@ -194,6 +210,9 @@ class OutputSettings(_Section):
     # two numeric features for the report's scatter plot; default: the two that separate segments most
     report_scatter: list[str] = Field(default_factory=list, max_length=2)
     run_id: str | None = None  # default: a new id from the UTC start time
+    # > 0: assignments.group = control for this share of customers (by a hash of id and salt), else treatment
+    control_share: float = Field(default=0.0, ge=0, lt=1)
+    control_salt: str = "segspark"
 
     @field_validator("run_id")
     @classmethod

@@ -25,8 +25,19 @@ from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 
 from segspark import __version__
-from segspark.config import Settings
+from segspark.config import ConsentSettings, Settings
+from segspark.consent import NO_CONSENT, check_consent_column
 from segspark.errors import InputDataError, SegsparkError
+from segspark.experiment import (
+    CONTROL,
+    HASH_HEX_DIGITS,
+    OUTLIER_ACCURACY,
+    TOLERANCE_SDS,
+    TREATMENT,
+    act_columns,
+    outlier_thresholds,
+    segment_counts,
+)
 from segspark.features import (
     ORDER_CUSTOMER_ID,
     OrderFeatures,
@@ -40,6 +51,7 @@ from segspark.metrics import SEGMENT
 from segspark.prepare import FEATURES, build_pipeline, scaler_of, vector_columns
 from segspark.profiles import add_audit_shares, check_playbook, profile_segments
 from segspark.report import REPORT_FILE, write_report
+from segspark.rules import Rules, imputer_medians, segment_rules, sql_file
 from segspark.segments import (
     EarlierRun,
     assignments,
@@ -154,7 +166,9 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
     with step("read"):
         orders = read_orders(spark, settings, cached)
         raw, id_column = read_input(spark, settings, manifest, orders)
-        spec = resolve_features(raw, id_column, settings.features)
+        consent = consent_of(settings)
+        check_consent_column(raw, consent)
+        spec = resolve_features(raw, id_column, settings.features, exclude=_consent_column(consent))
         check_playbook(settings.segments, spec.numeric)
         audit = audit_columns(raw, spec, settings.features.sensitive)
     manifest["features"] = {
@@ -168,13 +182,17 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
             manifest["orders"].update(count_orders(orders))
             if settings.input.customers is not None:
                 manifest["orders"].update(count_matches(raw, orders, id_column))
-        checked = with_reject_reason(raw, spec, settings.features.missing, keep=audit).persist()
+        checked = with_reject_reason(
+            raw, spec, settings.features.missing, keep=audit, consent=consent
+        ).persist()
         cached.append(checked)
         rows_read = checked.count()
         if rows_read == 0:
             raise InputDataError(f"the input has no rows ({_where(settings)}); nothing to segment")
         valid, rejects = split_rejects(checked, spec)
         rows_rejected = rejects.count()
+        if consent is not None:
+            manifest["consent"] = describe_consent(consent, rejects)
         if rows_read == rows_rejected:
             raise InputDataError(
                 f"all {rows_read} input rows were rejected; the commonest reason: {_top_reason(rejects)}"
@@ -220,6 +238,13 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
         profiles = profile_segments(assigned, spec, originals, settings.segments)
         profiles = add_audit_shares(profiles, assigned, audit)
         names = dict(zip(profiles[SEGMENT], profiles["segment_name"], strict=True))
+    rules = None
+    if settings.segments.rule_depth > 0 and spec.numeric:
+        with step("rules"):
+            missing_as = imputer_medians(preparation)
+            rules = segment_rules(
+                assigned, spec.numeric, names, missing_as, settings.segments.rule_depth, settings.model.seed
+            )
 
     k_metrics = pd.DataFrame(
         [
@@ -230,7 +255,11 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
     fmt = settings.output.format
     with step("write assignments"):
         table = assignments(assigned, spec.id_column, names, centers.tolist())
+        thresholds = outlier_thresholds(table, settings.segments.outlier_quantile)
+        table = act_columns(table, thresholds, settings.output.control_share, settings.output.control_salt)
         write_table(table, f"{staging}/assignments", fmt)
+        counts = segment_counts(_read(spark, f"{staging}/assignments", fmt))
+        profiles = profiles.merge(counts, on=SEGMENT, how="left")
     with step("write profiles, metrics, rejects, model"):
         write_table(small_table(spark, profiles), f"{staging}/profiles", fmt)
         write_table(small_table(spark, k_metrics), f"{staging}/k_metrics", fmt)
@@ -240,6 +269,10 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
             sample.withColumn("segment_name", lookup(names, F.col(SEGMENT))), f"{staging}/sample", fmt
         )
         model.write().overwrite().save(f"{staging}/model")
+    if rules is not None:
+        with step("write rules"):
+            write_table(small_table(spark, rules.table), f"{staging}/rules", fmt)
+            lake.write_text(f"{staging}/{RULES_SQL}", sql_file(rules, manifest["run_id"]))
     if orders is not None:
         with step("write order rejects"):
             write_table(orders.rejects, f"{staging}/order_rejects", fmt)
@@ -286,16 +319,21 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
                 **row,
                 "cluster": cluster_of[row[SEGMENT]],
                 "center_unscaled": centers_unscaled[cluster_of[row[SEGMENT]]].tolist(),
+                "outlier_threshold": thresholds.get(row[SEGMENT]),
+                **_rule_of(rules, row[SEGMENT]),
             }
-            for row in profiles[[SEGMENT, "segment_name", "size", "share", "action"]].to_dict(
-                orient="records"
-            )
+            for row in profiles[
+                [SEGMENT, "segment_name", "size", "share", "action", *_count_columns(profiles)]
+            ].to_dict(orient="records")
         ],
+        outliers={"quantile": settings.segments.outlier_quantile, "method": OUTLIER_METHOD},
+        **_act_sections(settings, rules),
         timings=step.timings,
         outputs={
             name: f"{run_dir}/{name}"
             for name in ("assignments", "profiles", "k_metrics", "rejects", "model", "sample")
             + (("order_rejects",) if orders is not None else ())
+            + (("rules", RULES_SQL) if rules is not None else ())
         },
     )
     if settings.output.report:
@@ -385,6 +423,57 @@ def original_units(center_unscaled: np.ndarray, spec: FeatureSpec) -> list[float
         math.expm1(value) if column in spec.log else float(value)
         for column, value in zip(spec.numeric, center_unscaled, strict=False)
     ]
+
+
+OUTLIER_METHOD = f"percentile_approx (accuracy {OUTLIER_ACCURACY}) of the distances in each segment"
+RULES_SQL = "rules.sql"
+
+
+def consent_of(settings: Settings) -> ConsentSettings | None:
+    return settings.input.customers.consent if settings.input.customers is not None else None
+
+
+def _consent_column(consent: ConsentSettings | None) -> tuple[str, ...]:
+    return (consent.column,) if consent is not None else ()
+
+
+def describe_consent(consent: ConsentSettings, rejects: DataFrame) -> dict[str, Any]:
+    """The manifest's ``consent``: the setting and how many customers were left out for lack of it."""
+    left_out = rejects.filter(F.col("reason") == F.lit(NO_CONSENT)).count()
+    return {"column": consent.column, "allowed": list(consent.allowed), "rejected": left_out}
+
+
+def _read(spark: SparkSession, path: str, fmt: str) -> DataFrame:
+    return spark.read.format(fmt).options(header="true", inferSchema="true").load(path)
+
+
+def _count_columns(profiles: pd.DataFrame) -> list[str]:
+    return [c for c in ("outliers", CONTROL, TREATMENT) if c in profiles.columns]
+
+
+def _rule_of(rules: Rules | None, segment: int) -> dict[str, Any]:
+    """A segment's rule and its figures for the manifest's segment list (empty without rules)."""
+    if rules is None:
+        return {}
+    row = rules.table.set_index(SEGMENT).loc[segment]
+    return {"rule": row["rule"], "rule_precision": row["precision"], "rule_coverage": row["coverage"]}
+
+
+def _act_sections(settings: Settings, rules: Rules | None) -> dict[str, Any]:
+    """The manifest's ``rules`` and ``control`` sections, for the settings in force."""
+    sections: dict[str, Any] = {}
+    if rules is not None:
+        sections["rules"] = {"method": rules.method, "depth": rules.depth, "missing_as": rules.missing_as}
+    share = settings.output.control_share
+    if share > 0:
+        sections["control"] = {
+            "share": share,
+            "salt": settings.output.control_salt,
+            "hash": f"sha2('<salt>:<customer_id>', 256): first {HASH_HEX_DIGITS} hex digits / "
+            f"16^{HASH_HEX_DIGITS} < share",
+            "tolerance": f"{TOLERANCE_SDS} binomial standard deviations per segment",
+        }
+    return sections
 
 
 def _earlier_run(lake: Lake) -> EarlierRun | None:

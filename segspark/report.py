@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from pyspark.sql import SparkSession  # noqa: E402
 
+from segspark.experiment import act_table, act_text  # noqa: E402
 from segspark.lake import Lake  # noqa: E402
 from segspark.metrics import SEGMENT  # noqa: E402
 
@@ -123,6 +124,7 @@ def build_report(
         _heatmap(profiles, numeric),
         _scatters(profiles, sample, numeric, names, scatter),
         _profile_table(profiles, numeric),
+        _acting(manifest),
         _migration(manifest),
         _details(manifest),
     ]
@@ -342,6 +344,17 @@ def _profile_table(profiles: pd.DataFrame, numeric: list[str]) -> str:
         "suggests. Segment numbers keep their meaning from run to run."
     )
     return _section("Segment profiles", how, body + extra)
+
+
+def _acting(manifest: dict[str, Any]) -> str:
+    """Rules, outliers and control groups per segment (issue 16; everything from the manifest)."""
+    table = act_table(manifest)
+    if table.empty or len(table.columns) <= 2:
+        return ""
+    table = table.map(_e)
+    return _section(
+        "Acting on the segments", act_text(manifest), _table(table, left=("segment", "name", "rule"))
+    )
 
 
 def _migration(manifest: dict[str, Any]) -> str:

@@ -9,10 +9,12 @@ import logging
 from typing import Any
 
 from pyspark.ml import PipelineModel
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 from segspark.config import FeatureSettings, SourceSettings, settings_from_dict
+from segspark.consent import check_consent_column
 from segspark.errors import InputDataError
+from segspark.experiment import act_columns
 from segspark.job import read_input
 from segspark.lake import Lake, write_table
 from segspark.segments import assignments, with_segment
@@ -48,6 +50,18 @@ def read_manifest(spark: SparkSession, run_dir: str) -> dict[str, Any]:
     return manifest
 
 
+def with_act_columns(scored: DataFrame, manifest: dict[str, Any]) -> DataFrame:
+    """``outlier`` with the run's thresholds and ``group`` with its control share and salt, when the run
+    has them (runs from before these columns existed score without them)."""
+    thresholds = {
+        s["segment"]: s["outlier_threshold"] for s in manifest["segments"] if "outlier_threshold" in s
+    }
+    if not thresholds:
+        return scored
+    output = manifest["settings"]["output"]
+    return act_columns(scored, thresholds, output.get("control_share", 0.0), output.get("control_salt", ""))
+
+
 def score(
     spark: SparkSession, run_dir: str, source: SourceSettings, output: str, fmt: str = "parquet"
 ) -> dict[str, Any]:
@@ -57,8 +71,13 @@ def score(
     features = manifest["features"]
     run_settings = manifest["settings"]
     input_settings = {**source.model_dump(by_alias=True), "id_column": features["id_column"]}
+    run_customers = run_settings["input"].get("customers") or {}
+    if run_customers.get("consent"):  # the run's consent rule holds for the customers it scores
+        input_settings["consent"] = run_customers["consent"]
     settings = settings_from_dict({**run_settings, "input": {"customers": input_settings}})
     raw, id_column = read_input(spark, settings, {})
+    consent = settings.input.customers.consent
+    check_consent_column(raw, consent)
     spec = resolve_features(
         raw,
         id_column,
@@ -70,8 +89,9 @@ def score(
             allow_sensitive=features["sensitive_allowed"],
             missing=settings.features.missing,
         ),
+        exclude=(consent.column,) if consent is not None else (),
     )
-    checked = with_reject_reason(raw, spec, settings.features.missing).persist()
+    checked = with_reject_reason(raw, spec, settings.features.missing, consent=consent).persist()
     try:
         rows_read = checked.count()
         valid, rejects = split_rejects(checked, spec)
@@ -80,6 +100,7 @@ def score(
         segment_of = {s["cluster"]: s["segment"] for s in manifest["segments"]}
         names = {s["segment"]: s["segment_name"] for s in manifest["segments"]}
         scored = assignments(with_segment(model.transform(valid), segment_of), id_column, names, centers)
+        scored = with_act_columns(scored, manifest)
         write_table(scored, f"{output}/assignments", fmt)
         write_table(rejects, f"{output}/rejects", fmt)
         reader = spark.read.format(fmt).options(header="true")

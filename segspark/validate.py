@@ -15,7 +15,8 @@ import pyspark.sql.functions as F
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import types as T
 
-from segspark.config import FeatureSettings
+from segspark.config import ConsentSettings, FeatureSettings
+from segspark.consent import NO_CONSENT, has_consent
 from segspark.errors import ConfigError, InputDataError
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,11 @@ def _words(name: str) -> list[str]:
     return [w for w in re.split(r"[^a-z0-9]+", spaced.lower()) if w]
 
 
-def resolve_features(df: DataFrame, id_column: str, settings: FeatureSettings) -> FeatureSpec:
-    """Check the id and feature columns against the schema and apply the sensitive-attribute guard."""
+def resolve_features(
+    df: DataFrame, id_column: str, settings: FeatureSettings, exclude: tuple[str, ...] = ()
+) -> FeatureSpec:
+    """Check the id and feature columns against the schema and apply the sensitive-attribute guard.
+    ``exclude``: columns that are never features (the consent flag)."""
     available = df.columns
     listing = ", ".join(available)
     if id_column not in available:
@@ -81,6 +85,8 @@ def resolve_features(df: DataFrame, id_column: str, settings: FeatureSettings) -
                 )
             if column == id_column:
                 raise ConfigError(f"features.{key}: {column!r} is the id column and cannot be a feature")
+            if column in exclude:
+                raise ConfigError(f"features.{key}: {column!r} is the consent flag and cannot be a feature")
 
     types = dict(df.dtypes)
     allowed = set(settings.allow_sensitive)
@@ -91,7 +97,7 @@ def resolve_features(df: DataFrame, id_column: str, settings: FeatureSettings) -
     else:
         numeric = []
         for f in df.schema.fields:
-            if f.name in (id_column, CORRUPT_RECORD) or f.name in settings.categorical:
+            if f.name in (id_column, CORRUPT_RECORD, *exclude) or f.name in settings.categorical:
                 continue
             if f.name.startswith(PANDAS_INDEX):
                 continue
@@ -154,11 +160,16 @@ def as_double(column: str) -> Column:
 
 
 def with_reject_reason(
-    df: DataFrame, spec: FeatureSpec, missing: str, keep: list[str] | tuple[str, ...] = ()
+    df: DataFrame,
+    spec: FeatureSpec,
+    missing: str,
+    keep: list[str] | tuple[str, ...] = (),
+    consent: ConsentSettings | None = None,
 ) -> DataFrame:
     """The input's id and features (numbers as double), ``reason`` (NULL for a usable row) and, for a
     row with a reason, its raw feature ``values`` as JSON. ``keep`` columns (not features: e.g. the
-    sensitive ones profiled for the audit) are passed through as they are."""
+    sensitive ones profiled for the audit) are passed through as they are. With ``consent``, a row
+    without consent is rejected before any other check, and its values are not kept."""
     checks: list[Column] = [F.when(F.col(spec.id_column).isNull(), F.lit("missing customer id"))]
     if CORRUPT_RECORD in df.columns:
         checks.insert(0, F.when(F.col(CORRUPT_RECORD).isNotNull(), F.lit("malformed line")))
@@ -177,11 +188,15 @@ def with_reject_reason(
     if missing == "reject":
         for column in spec.categorical:
             checks.append(F.when(F.col(column).isNull(), F.lit(f"missing value in {column}")))
+    if consent is not None:
+        checks.insert(0, F.when(~has_consent(consent), F.lit(NO_CONSENT)))
     reason = F.coalesce(*checks)
     # the offending row as it was read (the whole line when it was malformed), for the rejects table
     values = F.to_json(F.struct(*[F.col(c) for c in spec.columns]))
     if CORRUPT_RECORD in df.columns:
         values = F.coalesce(F.col(CORRUPT_RECORD), values)
+    if consent is not None:  # nothing of a customer without consent is kept, not even in rejects
+        values = F.when(has_consent(consent), values)
     checked = df.select(
         F.col(spec.id_column),
         *[as_double(c).alias(c) for c in spec.numeric],
@@ -190,7 +205,22 @@ def with_reject_reason(
         reason.alias(REASON),
         F.when(reason.isNotNull(), values).alias(VALUES),
     )
+    if consent is not None:
+        checked = _refuse_for_every_row(checked, spec)
     return _reject_duplicate_ids(checked, spec)
+
+
+def _refuse_for_every_row(checked: DataFrame, spec: FeatureSpec) -> DataFrame:
+    """A customer who refused consent on one row refused it: every row with their id is rejected."""
+    by_id = Window.partitionBy(spec.id_column)
+    refused = F.col(spec.id_column).isNotNull() & F.coalesce(
+        F.max((F.col(REASON) == F.lit(NO_CONSENT)).cast("int")).over(by_id) == 1, F.lit(False)
+    )
+    return checked.select(
+        *[F.col(c) for c in checked.columns if c not in (REASON, VALUES)],
+        F.when(refused, F.lit(NO_CONSENT)).otherwise(F.col(REASON)).alias(REASON),
+        F.when(~refused, F.col(VALUES)).alias(VALUES),
+    )
 
 
 def _reject_duplicate_ids(checked: DataFrame, spec: FeatureSpec) -> DataFrame:

@@ -25,6 +25,8 @@ OUTPUTS = [
     "profiles",
     "rejects",
     "report.html",
+    "rules",
+    "rules.sql",
     "sample",
 ]
 

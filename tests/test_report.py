@@ -23,6 +23,7 @@ SECTIONS = [
     "What sets each segment apart",
     "Customers by segment",
     "Segment profiles",
+    "Acting on the segments",
     "Run details",
 ]
 
@@ -185,7 +186,7 @@ def _hand_made() -> tuple[dict, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
 def test_build_report_shows_migration_and_actions_and_escapes_text():
     text = build_report(*_hand_made())
     page = parse(text)
-    assert page.headings == [*SECTIONS[:-1], "Movement since the previous run", "Run details"]
+    assert page.headings == [*SECTIONS[:-2], "Movement since the previous run", "Run details"]
     assert "win-back offer" in text
     assert "Low &lt;spend&gt; &amp; co" in text and "Low <spend>" not in text
     assert "was not in that run" in text and "now 1" in text
