@@ -81,12 +81,15 @@ def main() -> None:
         if args.rules:
             settings = ModelSettings(k={"min": 2, "max": 8}, gap=True, gap_references=5)
             sweep = sweep_k(data, settings)
-            for rule in RULES:
-                chosen = choose_k(sweep.results, settings.model_copy(update={"selection": rule})).chosen.k
-                sweeps.append({"data_seed": data_seed, "rule": rule, "k": chosen})
+            picks = {
+                rule: choose_k(sweep.results, settings.model_copy(update={"selection": rule})).chosen.k
+                for rule in RULES
+            }
+            sweeps += [{"data_seed": data_seed, "rule": rule, "k": k} for rule, k in picks.items()]
+            print(f"data seed {data_seed}: k chosen by each rule {picks}", flush=True)
         data.unpersist()
         print(f"data seed {data_seed} done", flush=True)
-    table = pd.DataFrame(fits)
+    table = pd.DataFrame(fits, columns=["policy", "data_seed", "model_seed", "ratio", "starts", "seconds"])
     table["good"] = table["ratio"] <= GOOD
     print(f"\nfit at k={TRUE_K} on {args.customers} customers, ", end="")
     print(f"{args.data_seeds} data seeds x {args.model_seeds} model seeds")

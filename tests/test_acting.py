@@ -6,7 +6,6 @@ Spark SQL running rules.sql as a user would; none from the code under test.
 
 from __future__ import annotations
 
-import doctest
 import hashlib
 import html
 import json
@@ -16,9 +15,6 @@ import pandas as pd
 import pyspark.sql.functions as F
 import pytest
 
-import segspark.consent
-import segspark.experiment
-import segspark.rules
 from segspark.cli import format_summary
 from segspark.config import CustomersInput, FeatureSettings, settings_from_dict
 from segspark.errors import ConfigError, InputDataError
@@ -395,12 +391,3 @@ def test_the_consent_column_is_never_a_feature(spark):
     assert spec.numeric == ["spend"]
     with pytest.raises(ConfigError, match="consent flag"):
         resolve_features(frame, "customer_id", FeatureSettings(numeric=["spend", "ok"]), exclude=("ok",))
-
-
-# --- the worked examples in the docstrings ---------------------------------------------------------
-
-
-@pytest.mark.parametrize("module", [segspark.rules, segspark.experiment, segspark.consent])
-def test_docstring_examples(module):
-    failures, tried = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert tried > 0 and failures == 0
