@@ -254,10 +254,25 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
             where = ".".join(parts[: i + 1])
             raise ConfigError(f"--set {override!r}: {where} is a value, not a section")
         node = child
+    free_form = len(parts) > 1 and parts[-2] in FREE_FORM_MAPS
+    node[parts[-1]] = _override_value(".".join(parts), text, free_form)
+
+
+def _override_value(key: str, text: str, free_form: bool) -> Any:
+    """A ``--set`` value read as YAML. A value of Spark's (spark.conf, options) that is no YAML stays
+    the text it is (Spark checks it); anywhere else that is a mistake worth saying so."""
+    if not text.strip():
+        return None
     try:
-        node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
-        node[parts[-1]] = text
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        if free_form:
+            return text
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise ConfigError(
+            f"--set {key}={text}: could not parse the value of {key} as YAML ({problem}); "
+            "quote a text value, and write a mapping as {min: 3, max: 6}"
+        ) from None
 
 
 _UNION_TAGS = {"str", "int", "float", "bool", "KRange"}
@@ -285,7 +300,8 @@ def describe_errors(exc: ValidationError) -> str:
         elif error["type"] == "missing":
             lines.append(f"{key}: required but not given{_MISSING_HINTS.get(key, '')}")
         else:
-            message = error["msg"].removeprefix("Value error, ")
+            # pydantic names its own classes ("a valid dictionary or instance of KRange"): not the reader's
+            message = re.sub(r" or instance of \w+", "", error["msg"].removeprefix("Value error, "))
             lines.append(f"{key}: {message} (got {error.get('input')!r})")
     return "invalid config:\n  " + "\n  ".join(lines)
 

@@ -10,6 +10,7 @@ import tempfile
 from pyspark.sql import SparkSession
 
 from segspark.config import SparkSettings
+from segspark.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ def get_session(settings: SparkSettings) -> SparkSession:
     """
     active = SparkSession.getActiveSession()
     if active is not None:
+        check_spark_conf(active, settings.effective_conf())
         return active
     builder = SparkSession.builder.appName(APP_NAME)
     wanted = settings.effective_conf()
@@ -73,12 +75,51 @@ def get_session(settings: SparkSettings) -> SparkSession:
         builder = builder.master(settings.master)
         for key, value in merged.items():
             builder = builder.config(key, value)
-        session = builder.getOrCreate()
+        try:
+            session = builder.getOrCreate()
+        except Exception as exc:  # a core setting Spark cannot use stops the JVM from starting
+            error = _setting_error(exc, wanted)
+            if error is None:
+                raise
+            raise error from None
+    try:
+        check_spark_conf(session, wanted)
+    except ConfigError:
+        if active is None and not launched_by_spark_submit():
+            session.stop()  # its SQL state cannot be built with the bad value: the session is unusable
+        raise
     session.sparkContext.setLogLevel(settings.log_level)
     # profiles aggregate a few columns per feature; keep Spark from warning about long plan strings
     session.conf.set("spark.sql.debug.maxToStringFields", "1000")
     log.info("Spark %s, master %s", session.version, session.sparkContext.master)
     return session
+
+
+def check_spark_conf(session: SparkSession, conf: dict[str, str]) -> None:
+    """Every ``spark.sql.*`` value of ``conf`` checked by Spark's own converter, before any work: a bad
+    one would otherwise fail the first query with a JVM stack trace instead of naming the key."""
+    jvm = session.sparkContext._jvm
+    probe = jvm.org.apache.spark.sql.internal.SQLConf()  # a scratch copy: nothing is applied
+    for key, value in conf.items():
+        if not key.startswith("spark.sql."):
+            continue
+        try:
+            probe.setConfString(key, str(value))
+        except Exception as exc:
+            raise _setting_error(exc, {key: value}) from None
+
+
+def _setting_error(exc: Exception, conf: dict[str, str]) -> ConfigError | None:
+    """A ConfigError naming the setting of ``conf`` that Spark's message is about (None: none is)."""
+    text = str(exc)
+    key = next((k for k in conf if k in text), None)
+    if key is None:
+        return None
+    reason = text.strip().splitlines()[0]
+    reason = re.sub(r"^\[[A-Z_.]+\]\s*|\s*SQLSTATE: \w+$", "", reason)
+    return ConfigError(
+        f"spark.conf.{key}: Spark cannot use the value {conf[key]!r} ({reason}); fix or remove the setting"
+    )
 
 
 def event_log_dir(session: SparkSession) -> str | None:
