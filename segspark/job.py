@@ -53,6 +53,7 @@ from segspark.session import event_log_dir, get_session
 from segspark.sweep import centers_of, sweep_k
 from segspark.validate import (
     FeatureSpec,
+    col,
     resolve_features,
     sensitive_match,
     split_rejects,
@@ -190,7 +191,9 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
     with step("prepare"):
         preparation = build_pipeline(spec).fit(valid)
         prepared = (
-            preparation.transform(valid).select(spec.id_column, *spec.columns, *audit, FEATURES).persist()
+            preparation.transform(valid)
+            .select(*[col(c) for c in (spec.id_column, *spec.columns, *audit)], F.col(FEATURES))
+            .persist()
         )
         cached.append(prepared)
 
@@ -321,7 +324,7 @@ def read_input(
     """
     customers = settings.input.customers
     if settings.input.orders is None:
-        return read_source(spark, customers), customers.id_column
+        return read_source(spark, customers, ids=(customers.id_column,)), customers.id_column
     orders = orders or read_orders(spark, settings)
     described = manifest.setdefault("orders", {})
     described.update(
@@ -332,7 +335,9 @@ def read_input(
     )
     if customers is None:
         return orders.features, ORDER_CUSTOMER_ID
-    joined, replaced = join_customers(read_source(spark, customers), customers.id_column, orders)
+    joined, replaced = join_customers(
+        read_source(spark, customers, ids=(customers.id_column,)), customers.id_column, orders
+    )
     if replaced:
         log.warning(
             "customer columns replaced by the features built from the orders: %s", ", ".join(replaced)
@@ -348,7 +353,9 @@ def read_orders(
     source = settings.input.orders
     if source is None:
         return None
-    return order_features(read_source(spark, source, "input.orders"), source, cached)
+    return order_features(
+        read_source(spark, source, "input.orders", ids=(source.customer_id,)), source, cached
+    )
 
 
 def verify_order_accounting(spark: SparkSession, rows: dict[str, int], path: str, fmt: str) -> None:
@@ -374,7 +381,7 @@ def report_sample(assigned: DataFrame, spec: FeatureSpec, rows: int, seed: int) 
     """A uniform sample of at most REPORT_SAMPLE_ROWS customers for plots: features and segment, no ids."""
     fraction = min(1.0, 1.2 * REPORT_SAMPLE_ROWS / max(rows, 1))  # a little over, then cut to size
     sampled = assigned if fraction >= 1.0 else assigned.sample(fraction=fraction, seed=seed)
-    return sampled.select(F.col(SEGMENT), *[F.col(c) for c in spec.columns]).limit(REPORT_SAMPLE_ROWS)
+    return sampled.select(F.col(SEGMENT), *[col(c) for c in spec.columns]).limit(REPORT_SAMPLE_ROWS)
 
 
 def original_units(center_unscaled: np.ndarray, spec: FeatureSpec) -> list[float]:

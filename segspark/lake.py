@@ -9,6 +9,7 @@ works on a local disk, HDFS or an object store.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 import pandas as pd
@@ -29,8 +30,15 @@ STAGING_DIR = "_staging"
 LATEST = "latest"
 
 
-def read_source(spark: SparkSession, source: SourceSettings, name: str = "input.customers") -> DataFrame:
-    """Read a table given by ``path`` + ``format`` (+ options, schema) or by catalog ``table``."""
+def read_source(
+    spark: SparkSession, source: SourceSettings, name: str = "input.customers", ids: tuple[str, ...] = ()
+) -> DataFrame:
+    """Read a table given by ``path`` + ``format`` (+ options, schema) or by catalog ``table``.
+
+    ``ids``: identity columns. From csv and json they are read as text whatever schema inference
+    makes of them (``00123`` is an id, not the number 123); a schema given in the config wins, and
+    typed formats keep their types.
+    """
     try:
         if source.table:
             return spark.table(source.table)
@@ -51,7 +59,7 @@ def read_source(spark: SparkSession, source: SourceSettings, name: str = "input.
         schema = (
             spark.createDataFrame([], source.schema_ddl).schema
             if source.schema_ddl
-            else reader.load(source.path).schema
+            else ids_as_text(reader.load(source.path).schema, ids)
         )
         if CORRUPT_RECORD not in schema.fieldNames():
             schema = schema.add(CORRUPT_RECORD, T.StringType())
@@ -63,9 +71,26 @@ def read_source(spark: SparkSession, source: SourceSettings, name: str = "input.
         )
     except AnalysisException as exc:
         where = f"table {source.table}" if source.table else f"{source.format} data at {source.path}"
+        clash = re.search(r"COLUMN_ALREADY_EXISTS\][^`]*`([^`]+)`", str(exc))
+        if clash:
+            raise InputDataError(
+                f"{name}: {where} has two columns named {clash.group(1)!r} when upper and lower case are "
+                "not told apart (as Spark does by default), e.g. 'Income' and 'income'. Rename one of "
+                "them, or set spark.conf.spark.sql.caseSensitive: true."
+            ) from None
         raise InputDataError(
             f"{name}: cannot read {where}: {_first_line(exc)}. Check {name}.path/table and format."
         ) from None
+
+
+def ids_as_text(schema: T.StructType, ids: tuple[str, ...]) -> T.StructType:
+    """The inferred schema with the ``ids`` columns as strings."""
+    return T.StructType(
+        [
+            T.StructField(f.name, T.StringType(), f.nullable, f.metadata) if f.name in ids else f
+            for f in schema.fields
+        ]
+    )
 
 
 def write_table(df: DataFrame, path: str, fmt: str) -> None:

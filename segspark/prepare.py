@@ -6,6 +6,9 @@ scoring new customers applies exactly the same steps.
 
 from __future__ import annotations
 
+import hashlib
+import re
+
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.feature import (
     Imputer,
@@ -16,40 +19,65 @@ from pyspark.ml.feature import (
     VectorAssembler,
 )
 
-from segspark.validate import FeatureSpec
+from segspark.validate import FeatureSpec, quoted
 
 FEATURES = "features"  # the scaled vector the clustering sees
 RAW_FEATURES = "features_unscaled"
+PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def internal_name(column: str) -> str:
+    """The name a feature goes by inside the Pipeline.
+
+    Spark ML stages (Imputer, StringIndexer) look their input columns up unquoted, so ``spend.score``
+    would be read as field ``score`` of a struct ``spend``. A name that is not plain is copied to a
+    plain one first: its letters and digits, and a digest of the whole name so two names never meet.
+
+    >>> internal_name("income"), internal_name("spend.score"), internal_name("Ausgaben €")
+    ('income', 'spend_score__dbd3933a', 'Ausgaben__742a2709')
+    """
+    if PLAIN_NAME.fullmatch(column):
+        return column
+    stem = re.sub(r"[^A-Za-z0-9_]+", "_", column).strip("_") or "column"
+    return f"{stem}__{hashlib.sha1(column.encode('utf-8')).hexdigest()[:8]}"
 
 
 def imputed(column: str) -> str:
-    return f"{column}__imputed"
+    return f"{internal_name(column)}__imputed"
 
 
 def model_input(column: str, spec: FeatureSpec) -> str:
     """The column that enters the assembler for a numeric feature: imputed, then log1p if asked."""
-    return f"{column}__log1p" if column in spec.log else imputed(column)
+    return f"{internal_name(column)}__log1p" if column in spec.log else imputed(column)
 
 
 def build_pipeline(spec: FeatureSpec) -> Pipeline:
     stages = []
+    renamed = [c for c in spec.columns if internal_name(c) != c]
+    if renamed:
+        copies = ", ".join(f"{quoted(c)} AS {internal_name(c)}" for c in renamed)
+        stages.append(SQLTransformer(statement=f"SELECT *, {copies} FROM __THIS__"))
     if spec.numeric:
         # Median, not mean: spend and counts are skewed and the mean is pulled by a few big customers.
         stages.append(
-            Imputer(strategy="median", inputCols=spec.numeric, outputCols=[imputed(c) for c in spec.numeric])
+            Imputer(
+                strategy="median",
+                inputCols=[internal_name(c) for c in spec.numeric],
+                outputCols=[imputed(c) for c in spec.numeric],
+            )
         )
     if spec.log:
         logs = ", ".join(f"LOG1P(`{imputed(c)}`) AS `{model_input(c, spec)}`" for c in spec.log)
         stages.append(SQLTransformer(statement=f"SELECT *, {logs} FROM __THIS__"))
     vectors = []
     if spec.categorical:
-        indexed = [f"{c}__index" for c in spec.categorical]
-        vectors = [f"{c}__onehot" for c in spec.categorical]
+        indexed = [f"{internal_name(c)}__index" for c in spec.categorical]
+        vectors = [f"{internal_name(c)}__onehot" for c in spec.categorical]
         # "keep" gives unseen values (and NULL) a bucket of their own instead of failing at scoring time;
         # no category is dropped, so every value is equally far from the others.
         stages.append(
             StringIndexer(
-                inputCols=spec.categorical,
+                inputCols=[internal_name(c) for c in spec.categorical],
                 outputCols=indexed,
                 handleInvalid="keep",
                 stringOrderType="alphabetAsc",

@@ -16,7 +16,7 @@ from pyspark.sql import DataFrame
 from segspark.config import SegmentSettings
 from segspark.errors import ConfigError
 from segspark.metrics import SEGMENT
-from segspark.validate import FeatureSpec
+from segspark.validate import FeatureSpec, col
 
 QUARTILES = [0.25, 0.5, 0.75]
 PERCENTILE_ACCURACY = 10_000  # Spark's default: relative error 1/10000 of the rank
@@ -38,10 +38,10 @@ def profile_segments(
     aggregates = [F.count(F.lit(1)).alias("size")]
     for c in spec.numeric:
         aggregates += [
-            F.count(c).alias(f"{c}__n"),
-            F.avg(c).alias(f"{c}__mean"),
-            F.stddev_samp(c).alias(f"{c}__std"),
-            F.percentile_approx(c, QUARTILES, PERCENTILE_ACCURACY).alias(f"{c}__quartiles"),
+            F.count(col(c)).alias(f"{c}__n"),
+            F.avg(col(c)).alias(f"{c}__mean"),
+            F.stddev_samp(col(c)).alias(f"{c}__std"),
+            F.percentile_approx(col(c), QUARTILES, PERCENTILE_ACCURACY).alias(f"{c}__quartiles"),
         ]
     segments = assigned.groupBy(SEGMENT).agg(*aggregates).toPandas()
     segments = segments.astype({SEGMENT: int}).sort_values(SEGMENT).reset_index(drop=True)
@@ -88,7 +88,7 @@ def _nth(values, i: int) -> float:
 
 def category_shares(assigned: DataFrame, column: str) -> pd.DataFrame:
     """Share of each value of a categorical column within each segment (``column=value_share``)."""
-    counts = assigned.groupBy(SEGMENT, column).count().toPandas()
+    counts = assigned.groupBy(F.col(SEGMENT), col(column)).count().toPandas()
     counts[column] = counts[column].fillna("(missing)")
     table = counts.pivot_table(index=SEGMENT, columns=column, values="count", aggfunc="sum", fill_value=0)
     shares = table.div(table.sum(axis=1), axis=0)
@@ -171,7 +171,7 @@ def add_audit_shares(profile: pd.DataFrame, assigned: DataFrame, columns: list[s
     along them anyway. Only the AUDIT_MAX_VALUES commonest values get a column of their own.
     """
     for column in columns:
-        text = F.col(column).cast("string")
+        text = col(column).cast("string")
         common = [
             row["value"]
             for row in assigned.filter(text.isNotNull())

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 PANDAS_INDEX = "__index_level_"  # the index pandas writes to parquet: a row number, never a feature
 CORRUPT_RECORD = "_corrupt_record"  # Spark's column for csv/json lines it cannot parse (see lake.py)
 DUPLICATE = "duplicate customer id (another row with this id is used)"
+MISSING_ID = "missing customer id"
 REASON = "reason"
 VALUES = "values"
 
@@ -42,6 +43,16 @@ class FeatureSpec:
     @property
     def columns(self) -> list[str]:
         return [*self.numeric, *self.categorical]
+
+
+def quoted(name: str) -> str:
+    """A column name as Spark SQL reads it, whatever it holds (dots, spaces, dashes, backticks)."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+def col(name: str) -> Column:
+    """A column by its exact name: ``F.col("spend.score")`` would look for field ``score`` of a struct."""
+    return F.col(quoted(name))
 
 
 def sensitive_match(column: str, sensitive: list[str]) -> str | None:
@@ -150,7 +161,7 @@ def resolve_features(df: DataFrame, id_column: str, settings: FeatureSettings) -
 
 def as_double(column: str) -> Column:
     """A numeric column as double; text that is not a number becomes NULL instead of failing the job."""
-    return F.expr(f"try_cast(`{column}` AS DOUBLE)")
+    return F.expr(f"try_cast({quoted(column)} AS DOUBLE)")
 
 
 def with_reject_reason(
@@ -159,11 +170,11 @@ def with_reject_reason(
     """The input's id and features (numbers as double), ``reason`` (NULL for a usable row) and, for a
     row with a reason, its raw feature ``values`` as JSON. ``keep`` columns (not features: e.g. the
     sensitive ones profiled for the audit) are passed through as they are."""
-    checks: list[Column] = [F.when(F.col(spec.id_column).isNull(), F.lit("missing customer id"))]
+    checks: list[Column] = [F.when(is_blank(col(spec.id_column)), F.lit(MISSING_ID))]
     if CORRUPT_RECORD in df.columns:
         checks.insert(0, F.when(F.col(CORRUPT_RECORD).isNotNull(), F.lit("malformed line")))
     for column in spec.numeric:
-        raw, value = F.col(column), as_double(column)
+        raw, value = col(column), as_double(column)
         # blank text counts as missing, like an empty csv field; other text that is no number does not
         not_a_number = raw.isNotNull() & (F.trim(raw.cast("string")) != "") & value.isNull()
         checks.append(F.when(not_a_number, F.lit(f"non-numeric value in {column}")))
@@ -176,21 +187,26 @@ def with_reject_reason(
             )
     if missing == "reject":
         for column in spec.categorical:
-            checks.append(F.when(F.col(column).isNull(), F.lit(f"missing value in {column}")))
+            checks.append(F.when(col(column).isNull(), F.lit(f"missing value in {column}")))
     reason = F.coalesce(*checks)
     # the offending row as it was read (the whole line when it was malformed), for the rejects table
-    values = F.to_json(F.struct(*[F.col(c) for c in spec.columns]))
+    values = F.to_json(F.struct(*[col(c) for c in spec.columns]))
     if CORRUPT_RECORD in df.columns:
         values = F.coalesce(F.col(CORRUPT_RECORD), values)
     checked = df.select(
-        F.col(spec.id_column),
+        col(spec.id_column),
         *[as_double(c).alias(c) for c in spec.numeric],
-        *[F.col(c).cast("string").alias(c) for c in spec.categorical],
-        *[F.col(c) for c in keep],
+        *[col(c).cast("string").alias(c) for c in spec.categorical],
+        *[col(c) for c in keep],
         reason.alias(REASON),
         F.when(reason.isNotNull(), values).alias(VALUES),
     )
     return _reject_duplicate_ids(checked, spec)
+
+
+def is_blank(value: Column) -> Column:
+    """NULL, empty or only spaces: an id like that identifies nobody (``""`` is not a customer)."""
+    return value.isNull() | (F.trim(value.cast("string")) == F.lit(""))
 
 
 def _reject_duplicate_ids(checked: DataFrame, spec: FeatureSpec) -> DataFrame:
@@ -199,13 +215,13 @@ def _reject_duplicate_ids(checked: DataFrame, spec: FeatureSpec) -> DataFrame:
     The choice depends on the values only, never on the input's row order, and the shuffle by id
     leaves the rows in an order that does not depend on it either, so a run is deterministic.
     """
-    order = [F.col(REASON).isNotNull(), *[F.col(c).asc_nulls_last() for c in spec.columns]]
-    rank = F.row_number().over(Window.partitionBy(spec.id_column).orderBy(*order))
-    is_duplicate = F.col(REASON).isNull() & F.col(spec.id_column).isNotNull() & (rank > 1)
+    order = [F.col(REASON).isNotNull(), *[col(c).asc_nulls_last() for c in spec.columns]]
+    rank = F.row_number().over(Window.partitionBy(col(spec.id_column)).orderBy(*order))
+    is_duplicate = F.col(REASON).isNull() & col(spec.id_column).isNotNull() & (rank > 1)
     return checked.select(
-        *[F.col(c) for c in checked.columns if c not in (REASON, VALUES)],
+        *[col(c) for c in checked.columns if c not in (REASON, VALUES)],
         F.when(is_duplicate, F.lit(DUPLICATE)).otherwise(F.col(REASON)).alias(REASON),
-        F.when(is_duplicate, F.to_json(F.struct(*[F.col(c) for c in spec.columns])))
+        F.when(is_duplicate, F.to_json(F.struct(*[col(c) for c in spec.columns])))
         .otherwise(F.col(VALUES))
         .alias(VALUES),
     )
@@ -216,6 +232,6 @@ def split_rejects(checked: DataFrame, spec: FeatureSpec) -> tuple[DataFrame, Dat
     has_reason = F.col(REASON).isNotNull()
     valid = checked.filter(~has_reason).drop(REASON, VALUES)
     rejects = checked.filter(has_reason).select(
-        F.col(spec.id_column).cast("string").alias("customer_id"), F.col(REASON), F.col(VALUES)
+        col(spec.id_column).cast("string").alias("customer_id"), F.col(REASON), F.col(VALUES)
     )
     return valid, rejects

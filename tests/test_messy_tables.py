@@ -1,0 +1,137 @@
+"""Messy real tables (issue 14): any column name Spark can hold, ids that stay exact, blank ids."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from segspark.cli import main
+from segspark.config import settings_from_dict
+from segspark.errors import InputDataError
+from segspark.job import read_input, read_orders, run
+from segspark.validate import MISSING_ID
+
+ID = "customer.id"
+SPEND = "spend.score"
+VISITS = "visits per-month"
+EUROS = "Ausgaben €"
+PLAN = "plan.type"
+
+
+def _odd_names(n_per_group: int = 15, seed: int = 3) -> pd.DataFrame:
+    """45 customers in three clear groups; every column name needs quoting in Spark SQL."""
+    rng = np.random.default_rng(seed)
+    centers = [(10.0, 10.0, 1.0), (50.0, 80.0, 5.0), (90.0, 20.0, 9.0)]
+    points = np.vstack([rng.normal(c, 1.0, size=(n_per_group, 3)) for c in centers])
+    groups = np.repeat([0, 1, 2], n_per_group)
+    return pd.DataFrame(
+        {
+            ID: [f"c.{i:03d}" for i in range(len(points))],
+            SPEND: points[:, 0],
+            VISITS: points[:, 1],
+            EUROS: np.abs(points[:, 2]),
+            PLAN: np.where(groups == 1, "gold.plus", "basic"),
+            "true_group": groups,
+        }
+    )
+
+
+def _config(path, lake, fmt="parquet", **sections) -> dict:
+    config = {
+        "input": {"customers": {"path": str(path), "format": fmt, "id_column": ID}},
+        "features": {"numeric": [SPEND, VISITS, EUROS], "categorical": [PLAN], "log": [EUROS]},
+        "model": {"k": 3, "restarts": 1},
+        "output": {"path": str(lake)},
+    }
+    for name, values in sections.items():
+        config.setdefault(name, {}).update(values)
+    return config
+
+
+@pytest.fixture(scope="module")
+def odd_run(spark, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("odd")
+    frame = _odd_names()
+    frame.drop(columns="true_group").to_parquet(folder / "customers.parquet", index=False)
+    result = run(settings_from_dict(_config(folder / "customers.parquet", folder / "lake")), spark)
+    return frame, result, folder
+
+
+def test_names_with_dots_spaces_dashes_and_accents_work_as_id_features_and_categorical(odd_run):
+    frame, result, _ = odd_run
+    assert result.rows == {"read": 45, "assigned": 45, "rejected": 0}
+    assigned = pd.read_parquet(f"{result.run_dir}/assignments").set_index("customer_id")
+    truth = frame.set_index(ID)["true_group"]
+    # by construction: the three generated groups, each one segment
+    pairs = pd.crosstab(truth.loc[assigned.index], assigned["segment"])
+    assert (pairs > 0).sum(axis=1).tolist() == [1, 1, 1] and (pairs > 0).sum(axis=0).tolist() == [1, 1, 1]
+    profiles = result.profiles.set_index("segment")
+    means = frame.groupby(assigned.loc[frame[ID], "segment"].to_numpy())[SPEND].mean()
+    np.testing.assert_allclose(profiles[f"{SPEND}_mean"].sort_index(), means.sort_index())
+    assert f"{PLAN}=gold.plus_share" in profiles.columns
+
+
+def test_scoring_with_odd_names_reproduces_the_run_and_rejects_blank_ids(spark, odd_run, tmp_path, capsys):
+    frame, result, folder = odd_run
+    new = frame.drop(columns="true_group").head(6).copy()
+    new.loc[4, ID] = ""
+    new.loc[5, ID] = "   "
+    new.to_parquet(tmp_path / "new.parquet", index=False)
+    args = ["score", "--run", result.run_dir, "--input", str(tmp_path / "new.parquet")]
+    assert main([*args, "--output", str(tmp_path / "scored")]) == 0
+    assert "6 read, 4 assigned, 2 rejected" in capsys.readouterr().out
+    scored = pd.read_parquet(tmp_path / "scored" / "assignments").set_index("customer_id")
+    ran = pd.read_parquet(f"{result.run_dir}/assignments").set_index("customer_id")
+    assert scored["segment"].to_dict() == ran.loc[scored.index, "segment"].to_dict()
+    rejects = pd.read_parquet(tmp_path / "scored" / "rejects")
+    assert rejects["reason"].tolist() == [MISSING_ID, MISSING_ID]
+
+
+def test_blank_ids_are_rejected_as_missing_customer_ids(spark, tmp_path):
+    frame = _odd_names()
+    frame.loc[[0, 1], ID] = ["", "   "]
+    frame.drop(columns="true_group").to_parquet(tmp_path / "blank.parquet", index=False)
+    result = run(settings_from_dict(_config(tmp_path / "blank.parquet", tmp_path / "lake")), spark)
+    assert result.rows == {"read": 45, "assigned": 43, "rejected": 2}
+    rejects = pd.read_parquet(f"{result.run_dir}/rejects")
+    assert sorted(rejects["customer_id"]) == ["", "   "]
+    assert set(rejects["reason"]) == {MISSING_ID}
+
+
+def test_names_that_clash_after_lower_casing_stop_with_both_named(spark, tmp_path):
+    frame = pd.DataFrame({"customer_id": ["a", "b"], "Income": [1.0, 2.0], "income": [3.0, 4.0]})
+    frame.to_parquet(tmp_path / "clash.parquet", index=False)
+    config = {"input": {"customers": {"path": str(tmp_path / "clash.parquet")}}, "output": {"path": "x"}}
+    with pytest.raises(InputDataError, match=r"two columns named 'income' .* 'Income' and 'income'") as error:
+        read_input(spark, settings_from_dict(config), {})
+    assert "spark.conf.spark.sql.caseSensitive: true" in str(error.value)
+
+
+def _write_csv(path, lines: list[str]) -> str:
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_csv_ids_with_leading_zeros_stay_text(spark, tmp_path):
+    path = _write_csv(tmp_path / "c.csv", ["customer_id,spend", "00123,1.5", "0042,2.5", "7,3.0"])
+    config = {"input": {"customers": {"path": path, "format": "csv"}}}
+    raw, id_column = read_input(spark, settings_from_dict(config), {})
+    assert dict(raw.dtypes)[id_column] == "string"
+    assert sorted(r[id_column] for r in raw.collect()) == ["00123", "0042", "7"]
+
+
+def test_orders_customer_ids_with_leading_zeros_stay_text(spark, tmp_path):
+    lines = ["cust,order_date,amount", "00123,2026-01-02,10.0", "00123,2026-01-05,5.0", "0042,2026-01-03,1.0"]
+    orders = {"path": _write_csv(tmp_path / "o.csv", lines), "format": "csv", "customer_id": "cust"}
+    features = read_orders(spark, settings_from_dict({"input": {"orders": orders}})).features
+    assert sorted((r.customer_id, r.frequency) for r in features.collect()) == [("00123", 2), ("0042", 1)]
+
+
+def test_ids_from_typed_formats_keep_their_type(spark, tmp_path):
+    frame = pd.DataFrame({"customer_id": np.array([2**63 - 1, -(2**63)], dtype="int64"), "x": [1.0, 2.0]})
+    frame.to_parquet(tmp_path / "typed.parquet", index=False)
+    config = {"input": {"customers": {"path": str(tmp_path / "typed.parquet")}}}
+    raw, id_column = read_input(spark, settings_from_dict(config), {})
+    assert dict(raw.dtypes)[id_column] == "bigint"
+    assert sorted(r[id_column] for r in raw.collect()) == [-(2**63), 2**63 - 1]
