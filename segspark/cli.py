@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format=LOG_FORMAT, stream=sys.stderr
     )
+    logging.getLogger("py4j").setLevel(logging.WARNING)  # "Closing down clientserver connection"
     try:
         return COMMANDS[args.command](args)
     except SegsparkError as exc:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes.util
 import logging
 import os
 import re
 import tempfile
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 
@@ -15,6 +17,15 @@ from segspark.errors import ConfigError
 log = logging.getLogger(__name__)
 
 APP_NAME = "segspark"
+LOG4J2_CONFIG = Path(__file__).with_name("log4j2.properties")  # for the driver JVM of local sessions
+# Loggers whose warnings a successful run raises on purpose or that nobody can act on (see
+# log4j2.properties); set again once the session runs, for JVMs started without that file.
+QUIET_LOGGERS = (
+    "org.apache.spark.ml.util.Instrumentation",  # "Input vectors will be blockified ... double caching"
+    "dev.ludovic.netlib",  # no native BLAS: the Java implementation is used
+    "org.apache.hadoop.util.NativeCodeLoader",
+)
+ALLOW_NATIVE_BLAS = "dev.ludovic.netlib.blas.allowNative"
 
 
 def launched_by_spark_submit() -> bool:
@@ -44,7 +55,9 @@ def local_defaults(master: str) -> dict[str, str]:
         "spark.sql.shuffle.partitions": partitions,
         "spark.default.parallelism": partitions,
         "spark.sql.warehouse.dir": os.path.join(scratch, "warehouse"),
-        "spark.driver.extraJavaOptions": f"-Dderby.system.home={os.path.join(scratch, 'derby')}",
+        "spark.driver.extraJavaOptions": (
+            f"-Dderby.system.home={os.path.join(scratch, 'derby')} -Dlog4j2.configurationFile={LOG4J2_CONFIG}"
+        ),
         "spark.ui.showConsoleProgress": "false",
     }
 
@@ -89,10 +102,29 @@ def get_session(settings: SparkSettings) -> SparkSession:
             session.stop()  # its SQL state cannot be built with the bad value: the session is unusable
         raise
     session.sparkContext.setLogLevel(settings.log_level)
+    if settings.log_level == "WARN":
+        quiet_logs(session)
     # profiles aggregate a few columns per feature; keep Spark from warning about long plan strings
     session.conf.set("spark.sql.debug.maxToStringFields", "1000")
     log.info("Spark %s, master %s", session.version, session.sparkContext.master)
     return session
+
+
+def quiet_logs(session: SparkSession) -> None:
+    """Keep a successful run's log to segspark's progress lines: the QUIET_LOGGERS at ERROR, and no
+    attempt to load a native BLAS the machine does not have (its loader prints a ``dlopen`` failure
+    from C, past any log setting; Spark then uses its Java BLAS anyway)."""
+    jvm = session.sparkContext._jvm
+    error = jvm.org.apache.logging.log4j.Level.ERROR
+    for name in QUIET_LOGGERS:
+        jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(name, error)
+    local = session.sparkContext.master.startswith("local")
+    if (
+        local
+        and ctypes.util.find_library("blas") is None
+        and jvm.java.lang.System.getProperty(ALLOW_NATIVE_BLAS) is None
+    ):
+        jvm.java.lang.System.setProperty(ALLOW_NATIVE_BLAS, "false")
 
 
 def check_spark_conf(session: SparkSession, conf: dict[str, str]) -> None:
