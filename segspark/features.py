@@ -33,7 +33,7 @@ from pyspark.sql import types as T
 
 from segspark.config import OrdersInput
 from segspark.errors import InputDataError
-from segspark.validate import REASON, VALUES, as_double, col, is_blank, quoted
+from segspark.validate import REASON, VALUES, as_double, col, is_blank, quoted, separator_hint
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,9 @@ def check_orders(orders: DataFrame, source: OrdersInput) -> DataFrame:
     listing = ", ".join(orders.columns)
     for key, column in mapped.items():
         if column is not None and column not in orders.columns:
+            hint = separator_hint(orders.columns, "input.orders.options")
+            if hint:
+                raise InputDataError(f"input.orders.{key}: column {column!r} is not in the orders: {hint}")
             raise InputDataError(
                 f"input.orders.{key}: column {column!r} is not in the orders; columns are: {listing}. "
                 f"Set input.orders.{key} to the orders' {key.replace('_', ' ')} column."

@@ -25,6 +25,10 @@ CORRUPT_RECORD = "_corrupt_record"  # Spark's column for csv/json lines it canno
 DUPLICATE = "duplicate customer id (another row with this id is used)"
 MISSING_ID = "missing customer id"
 REASON = "reason"
+SEPARATORS = (";", "\t", "|")  # what a csv that is not comma-separated is usually separated by
+DECIMAL_COMMA = re.compile(r"[-+]?(\d{1,3}(\.\d{3})+|\d+),\d+")  # 1,5  -12,75  2.345,25
+DECIMAL_COMMA_SAMPLE = 200  # rows looked at to tell a decimal-comma column
+PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 VALUES = "values"
 
 
@@ -71,14 +75,73 @@ def _words(name: str) -> list[str]:
     return [w for w in re.split(r"[^a-z0-9]+", spaced.lower()) if w]
 
 
-def resolve_features(df: DataFrame, id_column: str, settings: FeatureSettings) -> FeatureSpec:
-    """Check the id and feature columns against the schema and apply the sensitive-attribute guard."""
+def separator_hint(columns: list[str], options_key: str) -> str | None:
+    """A hint when a csv was read with the wrong separator: its one column's name holds the header."""
+    columns = [c for c in columns if c != CORRUPT_RECORD]
+    if len(columns) != 1:
+        return None
+    separator = next((s for s in SEPARATORS if s in columns[0]), None)
+    if separator is None:
+        return None
+    shown = "\\t" if separator == "\t" else separator
+    return (
+        f"the header looks {shown}-separated ({columns[0]!r} was read as one column): "
+        f'set {options_key}: {{sep: "{shown}"}}'
+    )
+
+
+def decimal_comma_columns(df: DataFrame, columns: list[str]) -> list[str]:
+    """The text columns of ``columns`` whose values are mostly numbers written with a decimal comma
+    (``1,5``, ``2.345,25``), judged on the first DECIMAL_COMMA_SAMPLE rows: a small job."""
+    text = [c for c in columns if isinstance(df.schema[c].dataType, T.StringType)]
+    if not text:
+        return []
+    rows = df.select(*[col(c) for c in text]).limit(DECIMAL_COMMA_SAMPLE).collect()
+    found = []
+    for i, column in enumerate(text):
+        values = [str(r[i]).strip() for r in rows if r[i] is not None and str(r[i]).strip()]
+        commas = sum(bool(DECIMAL_COMMA.fullmatch(v)) for v in values)
+        if values and commas >= len(values) / 2:
+            found.append(column)
+    return found
+
+
+def decimal_comma_message(df: DataFrame, columns: list[str], id_column: str, source: str) -> str:
+    """What to do about decimal commas: Spark's ``locale`` option and a DECIMAL type for the column."""
+
+    def ddl_type(field: T.StructField) -> str:
+        if field.name == id_column:
+            return "STRING"
+        return "DECIMAL(18,4)" if field.name in columns else field.dataType.simpleString().upper()
+
+    schema = ", ".join(
+        f"{f.name if PLAIN.fullmatch(f.name) else quoted(f.name)} {ddl_type(f)}"
+        for f in df.schema.fields
+        if f.name != CORRUPT_RECORD
+    )
+    return (
+        f"{', '.join(columns)}: numbers written with a decimal comma (like 1,5) are read as text. Read "
+        f"them as numbers with Spark's locale option and a DECIMAL type: {source}.options: "
+        f'{{locale: "de-DE"}} (the language tag of the file) and {source}.schema: "{schema}"'
+    )
+
+
+def resolve_features(
+    df: DataFrame, id_column: str, settings: FeatureSettings, source: str = "input.customers"
+) -> FeatureSpec:
+    """Check the id and feature columns against the schema and apply the sensitive-attribute guard.
+
+    ``source``: the config key of the input, for the hints in messages.
+    """
     available = df.columns
     listing = ", ".join(available)
     if id_column not in available:
+        hint = separator_hint(available, f"{source}.options")
+        if hint:
+            raise InputDataError(f"id column {id_column!r} is not in the input: {hint}")
         raise InputDataError(
             f"id column {id_column!r} is not in the input; columns are: {listing}. "
-            "Set input.customers.id_column to the customer id column."
+            f"Set {source}.id_column to the customer id column."
         )
     for key, columns in (
         ("numeric", settings.numeric),
@@ -114,13 +177,7 @@ def resolve_features(df: DataFrame, id_column: str, settings: FeatureSettings) -
                 numeric.append(f.name)
         if excluded:
             log.warning("left out of the features as sensitive attributes: %s", ", ".join(excluded))
-        if not_numeric:
-            log.warning(
-                "left out of the features as not numeric: %s. A number column with a stray text value "
-                "reads as text from csv: list it in features.numeric to use it (rows whose value is not "
-                "a number are then rejected), or in features.categorical",
-                ", ".join(not_numeric),
-            )
+        _warn_not_numeric(df, not_numeric, id_column, source)
     for column in settings.log:
         if column not in numeric:
             raise ConfigError(
@@ -142,6 +199,10 @@ def resolve_features(df: DataFrame, id_column: str, settings: FeatureSettings) -
             f"no feature columns: the input has no numeric column besides {id_column!r} "
             f"(columns: {listing}). List the features in features.numeric / features.categorical."
         )
+    if settings.numeric:
+        commas = decimal_comma_columns(df, numeric)
+        if commas:
+            raise InputDataError(decimal_comma_message(df, commas, id_column, source))
     for column in numeric:
         if not isinstance(df.schema[column].dataType, (T.NumericType, T.StringType)):
             raise InputDataError(
@@ -157,6 +218,45 @@ def resolve_features(df: DataFrame, id_column: str, settings: FeatureSettings) -
         not_numeric=not_numeric,
         sensitive_allowed=[c for c in chosen if c in allowed and sensitive_match(c, settings.sensitive)],
     )
+
+
+def _warn_not_numeric(df: DataFrame, columns: list[str], id_column: str, source: str) -> None:
+    """One warning per kind of column left out of the default features, with the real reason."""
+    kinds: dict[str, list[str]] = {}
+    commas = decimal_comma_columns(df, columns)
+    for column in columns:
+        data_type = df.schema[column].dataType
+        if column in commas:
+            kind = "decimal commas"
+        elif isinstance(data_type, T.BooleanType):
+            kind = "boolean"
+        elif isinstance(data_type, T.DateType | T.TimestampType | T.TimestampNTZType):
+            kind = "date"
+        elif isinstance(data_type, T.StringType):
+            kind = "text"
+        else:
+            kind = "other"
+        kinds.setdefault(kind, []).append(column)
+    reasons = {
+        "boolean": "they are true/false (boolean) columns: list them in features.categorical to use them",
+        "date": (
+            "they are dates or timestamps, which are no measure by themselves: derive a number from "
+            "them before segmenting, such as the days since (datediff(current_date(), <column>)), "
+            "and list that in features.numeric"
+        ),
+        "text": (
+            "they are text. A number column with a stray text value reads as text from csv: list it in "
+            "features.numeric to use it (rows whose value is not a number are then rejected), or in "
+            "features.categorical"
+        ),
+        "other": "their types are not numbers (arrays, maps, structs, binary): list a plain column instead",
+    }
+    for kind, names in kinds.items():
+        if kind == "decimal commas":
+            log.warning("left out of the features: %s", decimal_comma_message(df, names, id_column, source))
+            continue
+        types = ", ".join(f"{c} ({df.schema[c].dataType.simpleString()})" for c in names)
+        log.warning("left out of the features: %s: %s", types, reasons[kind])
 
 
 def as_double(column: str) -> Column:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from segspark.cli import main
-from segspark.config import settings_from_dict
+from segspark.config import FeatureSettings, settings_from_dict
 from segspark.errors import InputDataError
 from segspark.job import read_input, read_orders, run
-from segspark.validate import MISSING_ID
+from segspark.validate import MISSING_ID, resolve_features, split_rejects, with_reject_reason
 
 ID = "customer.id"
 SPEND = "spend.score"
@@ -135,3 +139,49 @@ def test_ids_from_typed_formats_keep_their_type(spark, tmp_path):
     raw, id_column = read_input(spark, settings_from_dict(config), {})
     assert dict(raw.dtypes)[id_column] == "bigint"
     assert sorted(r[id_column] for r in raw.collect()) == [-(2**63), 2**63 - 1]
+
+
+def test_a_semicolon_separated_csv_read_with_commas_says_to_set_the_separator(spark, tmp_path):
+    path = _write_csv(tmp_path / "semi.csv", ["customer_id;income;score", "a;1.5;2", "b;2.5;3"])
+    config = {"input": {"customers": {"path": path, "format": "csv"}}}
+    raw, id_column = read_input(spark, settings_from_dict(config), {})
+    with pytest.raises(InputDataError) as error:
+        resolve_features(raw, id_column, FeatureSettings())
+    assert "the header looks ;-separated" in str(error.value)
+    assert 'set input.customers.options: {sep: ";"}' in str(error.value)
+
+
+def test_decimal_commas_point_at_the_locale_option_and_the_suggestion_works(spark, tmp_path):
+    lines = ["customer_id;income;score", "a;1,5;2", "b;2.345,25;3", "c;-3,75;4"]
+    path = _write_csv(tmp_path / "dec.csv", lines)
+    source = {"path": path, "format": "csv", "options": {"sep": ";"}}
+    raw, id_column = read_input(spark, settings_from_dict({"input": {"customers": source}}), {})
+    with pytest.raises(InputDataError) as error:
+        resolve_features(raw, id_column, FeatureSettings(numeric=["income", "score"]))
+    message = str(error.value)
+    assert "income: numbers written with a decimal comma" in message
+    assert 'input.customers.options: {locale: "de-DE"}' in message
+    schema = re.search(r'input\.customers\.schema: "([^"]+)"', message).group(1)
+    assert schema == "customer_id STRING, income DECIMAL(18,4), score INT"
+    # what the message says to do reads the numbers (by hand: 1.5, 2345.25, -3.75)
+    fixed = {**source, "options": {"sep": ";", "locale": "de-DE"}, "schema": schema}
+    raw, _ = read_input(spark, settings_from_dict({"input": {"customers": fixed}}), {})
+    spec = resolve_features(raw, id_column, FeatureSettings(numeric=["income", "score"]))
+    valid, _ = split_rejects(with_reject_reason(raw, spec, "impute"), spec)
+    assert sorted(float(r.income) for r in valid.collect()) == [-3.75, 1.5, 2345.25]
+
+
+def test_columns_left_out_of_the_default_features_get_their_real_reason(spark, caplog):
+    df = spark.createDataFrame(
+        [("a", 1.0, True, dt.date(2024, 1, 2), dt.datetime(2024, 1, 2, 3, 4), "x", "1,5")],
+        "customer_id STRING, spend DOUBLE, vip BOOLEAN, signup DATE, seen TIMESTAMP, note STRING, "
+        "rate STRING",
+    )
+    with caplog.at_level(logging.WARNING, logger="segspark"):
+        spec = resolve_features(df, "customer_id", FeatureSettings())
+    assert spec.numeric == ["spend"]
+    lines = {line.split(": ", 2)[1]: line for line in caplog.messages}
+    assert "boolean" in lines["vip (boolean)"] and "features.categorical" in lines["vip (boolean)"]
+    assert "days since" in lines["signup (date), seen (timestamp)"]
+    assert "stray text value" in lines["note (string)"]
+    assert "decimal comma" in lines["rate"] and "stray text" not in lines["rate"]
