@@ -167,6 +167,8 @@ def format_summary(manifest: dict, run_dir: str, seconds: float) -> str:
         lines.append(f"  {number:>3}  {size:>10}  {share:6.1%}  {segment['segment_name']}")
         if segment.get("action"):
             lines.append(f"{'':>24}-> {segment['action']}")
+    if manifest.get("warnings"):
+        lines += ["warnings:", *[f"  ! {warning}" for warning in manifest["warnings"]]]
     lines.append(f"outputs: {run_dir}")
     if "report" in manifest.get("outputs", {}):
         lines.append(f"report: {manifest['outputs']['report']}")

@@ -119,6 +119,19 @@ class InputSettings(_Section):
         return self
 
 
+class ClipSettings(_Section):
+    """Clip numeric features at these quantiles (of the valid rows) before scaling."""
+
+    lower: float = Field(default=0.0, ge=0, le=1)
+    upper: float = Field(default=1.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ClipSettings:
+        if self.lower >= self.upper:
+            raise ValueError(f"lower ({self.lower}) must be below upper ({self.upper})")
+        return self
+
+
 class FeatureSettings(_Section):
     numeric: list[str] = Field(default_factory=list)
     categorical: list[str] = Field(default_factory=list)
@@ -126,6 +139,8 @@ class FeatureSettings(_Section):
     sensitive: list[str] = Field(default_factory=lambda: list(DEFAULT_SENSITIVE))
     allow_sensitive: list[str] = Field(default_factory=list)
     missing: Literal["impute", "reject"] = "impute"
+    # e.g. {lower: 0.001, upper: 0.999}: one extreme customer cannot stretch a feature's scale; off by default
+    clip: ClipSettings | None = None
 
 
 class KRange(_Section):
@@ -182,6 +197,8 @@ class SegmentSettings(_Section):
     name_threshold: float = Field(default=0.5, gt=0)  # |z| from which a feature counts as High / Low
     name_features: int = Field(default=2, ge=1)  # at most this many features in a name
     playbook: list[PlaybookRule] = Field(default_factory=list)
+    # segments below this share of the customers (below 1) or count (1 or more) get a warning
+    min_size: float = Field(default=0.005, ge=0)
 
 
 class OutputSettings(_Section):
@@ -275,7 +292,7 @@ def _override_value(key: str, text: str, free_form: bool) -> Any:
         ) from None
 
 
-_UNION_TAGS = {"str", "int", "float", "bool", "KRange"}
+_UNION_TAGS = {"str", "int", "float", "bool", "KRange", "ClipSettings"}
 _WHERE_INPUT = (
     " (set input.customers.path to the customer table, or input.customers.table;"
     " or input.orders.path / input.orders.table to segment from raw orders)"

@@ -37,8 +37,8 @@ from segspark.features import (
 )
 from segspark.lake import Lake, read_source, small_table, write_table
 from segspark.metrics import SEGMENT
-from segspark.prepare import FEATURES, build_pipeline, scaler_of, vector_columns
-from segspark.profiles import add_audit_shares, check_playbook, profile_segments
+from segspark.prepare import FEATURES, build_pipeline, clip_bounds, scaler_of, vector_columns
+from segspark.profiles import add_audit_shares, check_playbook, profile_segments, small_segments
 from segspark.report import REPORT_FILE, write_report
 from segspark.segments import (
     EarlierRun,
@@ -137,6 +137,7 @@ def run(settings: Settings, spark: SparkSession | None = None) -> RunResult:
             "event_log": event_log_dir(spark),  # the history server shows the run's jobs from here
         },
         "settings": settings.to_dict(),
+        "warnings": [],  # plain sentences for the summary and the report (tiny segments, ...)
     }
     cached: list[DataFrame] = []
     try:
@@ -189,7 +190,9 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
             )
 
     with step("prepare"):
-        preparation = build_pipeline(spec).fit(valid)
+        bounds = clip_bounds(valid, spec, settings.features.clip)
+        manifest["features"]["clip"] = {c: list(b) for c, b in bounds.items()} if bounds else None
+        preparation = build_pipeline(spec, bounds).fit(valid)
         prepared = (
             preparation.transform(valid)
             .select(*[col(c) for c in (spec.id_column, *spec.columns, *audit)], F.col(FEATURES))
@@ -222,6 +225,9 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
         profiles = profile_segments(assigned, spec, originals, settings.segments)
         profiles = add_audit_shares(profiles, assigned, audit)
         names = dict(zip(profiles[SEGMENT], profiles["segment_name"], strict=True))
+    for warning in small_segments(profiles, settings.segments.min_size, clipped=bool(bounds)):
+        log.warning("%s", warning)
+        manifest["warnings"].append(warning)
 
     k_metrics = pd.DataFrame(
         [

@@ -21,6 +21,9 @@ from segspark.validate import FeatureSpec, col
 QUARTILES = [0.25, 0.5, 0.75]
 PERCENTILE_ACCURACY = 10_000  # Spark's default: relative error 1/10000 of the rank
 TYPICAL_NAME = "Typical customers"
+CLIP_REMEDY = (
+    "if they are a few extreme values, clip the features: features.clip: {lower: 0.001, upper: 0.999}"
+)
 
 
 def profile_segments(
@@ -64,6 +67,29 @@ def profile_segments(
     profile.insert(1, "segment_name", name_segments(profile, spec.numeric, settings))
     profile.insert(4, "action", suggest_actions(profile, spec.numeric, settings))
     return profile
+
+
+def small_segments(profile: pd.DataFrame, min_size: float, clipped: bool = False) -> list[str]:
+    """A warning for each segment below ``min_size``: a share of the customers when below 1, else a
+    count. A segment of a few extreme customers stretches the scale of their features for everyone.
+
+    >>> sizes = pd.DataFrame({"segment": [0, 1], "segment_name": ["Typical", "High income"],
+    ...                       "size": [999, 1], "share": [0.999, 0.001]})
+    >>> small_segments(sizes, 0.005)[0][:72]
+    "segment 1 'High income' holds 1 customer (0.1%), below segments.min_size"
+    """
+    limit = min_size * profile["size"].sum() if min_size < 1 else min_size
+    shown = f"{min_size:.1%} of the customers" if min_size < 1 else f"{min_size:g} customers"
+    remedy = "look at its customers before acting on it"
+    if not clipped:
+        remedy = CLIP_REMEDY
+    return [
+        f"segment {row[SEGMENT]} {row['segment_name']!r} holds {int(row['size'])} "
+        f"customer{'s' if row['size'] != 1 else ''} ({row['share']:.1%}), below segments.min_size ({shown}): "
+        + remedy
+        for _, row in profile.sort_values(SEGMENT).iterrows()
+        if row["size"] < limit
+    ]
 
 
 def _pooled(counts: pd.Series, means: pd.Series, stds: pd.Series) -> tuple[float, float]:

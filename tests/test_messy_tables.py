@@ -1,4 +1,4 @@
-"""Messy real tables (issue 14): any column name Spark can hold, ids that stay exact, blank ids."""
+"""Messy real tables (issue 14): any column name, exact ids, blank ids, hints, tiny segments, clipping."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from pyspark.ml import PipelineModel
 
-from segspark.cli import main
-from segspark.config import FeatureSettings, settings_from_dict
+from segspark.cli import format_summary, main
+from segspark.config import ClipSettings, FeatureSettings, settings_from_dict
 from segspark.errors import InputDataError
 from segspark.job import read_input, read_orders, run
+from segspark.prepare import RAW_FEATURES, build_pipeline, clip_bounds
 from segspark.validate import MISSING_ID, resolve_features, split_rejects, with_reject_reason
 
 ID = "customer.id"
@@ -185,3 +187,60 @@ def test_columns_left_out_of_the_default_features_get_their_real_reason(spark, c
     assert "days since" in lines["signup (date), seen (timestamp)"]
     assert "stray text value" in lines["note (string)"]
     assert "decimal comma" in lines["rate"] and "stray text" not in lines["rate"]
+
+
+def _with_one_extreme_customer() -> pd.DataFrame:
+    """60 customers in three clear groups of income and visits, and one with an income of 1e12."""
+    rng = np.random.default_rng(5)
+    centers = [(30_000.0, 2.0), (60_000.0, 12.0), (90_000.0, 5.0)]
+    points = np.vstack([rng.normal(c, (2_000.0, 0.5), size=(20, 2)) for c in centers])
+    points = np.vstack([points, [[1e12, 5.0]]])
+    ids = [f"c{i:02d}" for i in range(len(points))]
+    return pd.DataFrame({"customer_id": ids, "income": points[:, 0], "visits": points[:, 1]})
+
+
+def test_clip_bounds_are_the_quantiles_numpy_finds_and_the_saved_model_applies_them(spark, tmp_path):
+    frame = _with_one_extreme_customer()
+    df = spark.createDataFrame(frame)
+    spec = resolve_features(df, "customer_id", FeatureSettings())
+    bounds = clip_bounds(df, spec, ClipSettings(lower=0.05, upper=0.95))
+    for column in ("income", "visits"):
+        expected = np.quantile(frame[column], [0.05, 0.95], method="inverted_cdf")
+        np.testing.assert_allclose(bounds[column], expected)
+    model = build_pipeline(spec, bounds).fit(df)
+    model.write().overwrite().save(str(tmp_path / "model"))
+    loaded = PipelineModel.load(str(tmp_path / "model"))
+    new = spark.createDataFrame(
+        [("n1", 1e15, -3.0), ("n2", 50_000.0, 4.0)], "customer_id STRING, income DOUBLE, visits DOUBLE"
+    )
+    rows = {r.customer_id: r[RAW_FEATURES].toArray() for r in loaded.transform(new).collect()}
+    np.testing.assert_allclose(rows["n1"], [bounds["income"][1], bounds["visits"][0]])
+    np.testing.assert_allclose(rows["n2"], [50_000.0, 4.0])
+
+
+def test_a_one_customer_segment_is_warned_about_and_clipping_takes_it_away(spark, tmp_path):
+    frame = _with_one_extreme_customer()
+    frame.to_parquet(tmp_path / "c.parquet", index=False)
+    config = {
+        "input": {"customers": {"path": str(tmp_path / "c.parquet")}},
+        "model": {"k": 4, "restarts": 1},
+        "segments": {"min_size": 0.05},
+        "output": {"path": str(tmp_path / "lake")},
+    }
+    result = run(settings_from_dict(config), spark)
+    [warning] = result.manifest["warnings"]
+    # by hand: 1 of 61 customers is 1.6%, below the 5% asked for
+    assert re.match(r"segment \d+ '.*' holds 1 customer \(1\.6%\), below segments\.min_size \(5\.0%", warning)
+    assert "features.clip" in warning
+    assert f"  ! {warning}" in format_summary(result.manifest, result.run_dir, 1.0)
+
+    clipped = {
+        **config,
+        "features": {"clip": {"lower": 0.0, "upper": 0.95}},
+        "model": {"k": 3, "restarts": 1},
+    }
+    result = run(settings_from_dict(clipped), spark)
+    assert result.manifest["warnings"] == []
+    upper = np.quantile(frame["income"], 0.95, method="inverted_cdf")
+    assert result.manifest["features"]["clip"]["income"] == [frame["income"].min(), upper]
+    assert sorted(result.profiles["size"]) == [20, 20, 21]  # the extreme customer joins a group
