@@ -76,6 +76,7 @@ def get_session(settings: SparkSettings) -> SparkSession:
     wanted = settings.effective_conf()
     if launched_by_spark_submit():
         session = builder.getOrCreate()
+        check_spark_conf(session, wanted)  # a bad value is a config error, not a setting to ignore
         conf = session.sparkContext.getConf()
         for key, value in wanted.items():
             if not conf.contains(key):
@@ -95,12 +96,11 @@ def get_session(settings: SparkSettings) -> SparkSession:
             if error is None:
                 raise
             raise error from None
-    try:
-        check_spark_conf(session, wanted)
-    except ConfigError:
-        if active is None and not launched_by_spark_submit():
+        try:
+            check_spark_conf(session, wanted)
+        except ConfigError:
             session.stop()  # its SQL state cannot be built with the bad value: the session is unusable
-        raise
+            raise
     session.sparkContext.setLogLevel(settings.log_level)
     if settings.log_level == "WARN":
         quiet_logs(session)

@@ -127,9 +127,9 @@ def test_profile_headers_read_as_plain_text(report_run, page_text):
         assert f"{segment}: {name}" in headers
 
 
-def test_3d_view_holds_the_sample_with_its_distances(report_run, page_text):
+def test_3d_view_holds_the_sample_with_its_distances(spark, report_run, page_text):
     cloud = json.loads(parse(page_text).scripts["cloud-data"])
-    sample = pd.read_parquet(f"{report_run.run_dir}/sample")
+    sample = spark.read.parquet(f"{report_run.run_dir}/sample").toPandas()  # in the order Spark reads it
     assert cloud["segment"] == sample["segment"].tolist()
     numeric = report_run.manifest["features"]["numeric"]
     # independent check: six standardised features; the first three principal components keep most of
