@@ -232,12 +232,15 @@ class Lake:
         probe = f".write-probe-{run_id}"
         staged_dir, run_dir = self.path(STAGING_DIR, probe), self.path(RUNS_DIR, probe)
         staged_file, root_file = self.path(STAGING_DIR, f"{probe}.latest"), self.path(probe)
+        runs_was_there = self.exists(self.path(RUNS_DIR))
         try:
             for folder in (STAGING_DIR, RUNS_DIR):
                 self._fs(self.root).mkdirs(self._hpath(self.path(folder)))
             self._fs(staged_dir).mkdirs(self._hpath(staged_dir))
             self.rename(staged_dir, run_dir)
             self.delete(run_dir)
+            if not runs_was_there:  # a run that fails later leaves no empty runs/ behind
+                self.delete(self.path(RUNS_DIR))
             self.write_text(root_file, "probe")
             self.write_text(staged_file, "probe")
             self.rename(staged_file, root_file, overwrite=True)
