@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format=LOG_FORMAT, stream=sys.stderr
     )
+    logging.getLogger("py4j").setLevel(logging.WARNING)  # "Closing down clientserver connection"
     try:
         return COMMANDS[args.command](args)
     except SegsparkError as exc:
@@ -153,8 +154,6 @@ def format_summary(manifest: dict, run_dir: str, seconds: float) -> str:
         f"k = {k['chosen']} by {k['rule']} (silhouette {k['silhouette']:.3f}"
         + (f"; runner-up k={runner_up['k']} at {runner_up['silhouette']:.3f})" if runner_up else ")"),
     ]
-    if k.get("near_tie"):
-        lines.append(f"near tie: {k['verdict']}")
     if k.get("stability"):
         stability = k["stability"]
         lines.append(
@@ -174,6 +173,8 @@ def format_summary(manifest: dict, run_dir: str, seconds: float) -> str:
                 f"coverage {segment['rule_coverage']:.3f}): {segment['rule']}"
             )
     lines += _acting_lines(manifest)
+    if manifest.get("warnings"):
+        lines += ["warnings:", *[f"  ! {warning}" for warning in manifest["warnings"]]]
     lines.append(f"outputs: {run_dir}")
     if "report" in manifest.get("outputs", {}):
         lines.append(f"report: {manifest['outputs']['report']}")

@@ -130,6 +130,19 @@ class InputSettings(_Section):
         return self
 
 
+class ClipSettings(_Section):
+    """Clip numeric features at these quantiles (of the valid rows) before scaling."""
+
+    lower: float = Field(default=0.0, ge=0, le=1)
+    upper: float = Field(default=1.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ClipSettings:
+        if self.lower >= self.upper:
+            raise ValueError(f"lower ({self.lower}) must be below upper ({self.upper})")
+        return self
+
+
 class FeatureSettings(_Section):
     numeric: list[str] = Field(default_factory=list)
     categorical: list[str] = Field(default_factory=list)
@@ -137,6 +150,8 @@ class FeatureSettings(_Section):
     sensitive: list[str] = Field(default_factory=lambda: list(DEFAULT_SENSITIVE))
     allow_sensitive: list[str] = Field(default_factory=list)
     missing: Literal["impute", "reject"] = "impute"
+    # e.g. {lower: 0.001, upper: 0.999}: one extreme customer cannot stretch a feature's scale; off by default
+    clip: ClipSettings | None = None
 
 
 class KRange(_Section):
@@ -201,6 +216,8 @@ class SegmentSettings(_Section):
     rule_depth: int = Field(
         default=3, ge=0, le=8
     )  # depth of the tree the segment rules come from; 0: no rules
+    # segments below this share of the customers (below 1) or count (1 or more) get a warning
+    min_size: float = Field(default=0.005, ge=0)
 
 
 class OutputSettings(_Section):
@@ -276,13 +293,28 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
             where = ".".join(parts[: i + 1])
             raise ConfigError(f"--set {override!r}: {where} is a value, not a section")
         node = child
+    free_form = len(parts) > 1 and parts[-2] in FREE_FORM_MAPS
+    node[parts[-1]] = _override_value(".".join(parts), text, free_form)
+
+
+def _override_value(key: str, text: str, free_form: bool) -> Any:
+    """A ``--set`` value read as YAML. A value of Spark's (spark.conf, options) that is no YAML stays
+    the text it is (Spark checks it); anywhere else that is a mistake worth saying so."""
+    if not text.strip():
+        return None
     try:
-        node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
-        node[parts[-1]] = text
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        if free_form:
+            return text
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise ConfigError(
+            f"--set {key}={text}: could not parse the value of {key} as YAML ({problem}); "
+            "quote a text value, and write a mapping as {min: 3, max: 6}"
+        ) from None
 
 
-_UNION_TAGS = {"str", "int", "float", "bool", "KRange"}
+_UNION_TAGS = {"str", "int", "float", "bool", "KRange", "ClipSettings"}
 _WHERE_INPUT = (
     " (set input.customers.path to the customer table, or input.customers.table;"
     " or input.orders.path / input.orders.table to segment from raw orders)"
@@ -307,7 +339,8 @@ def describe_errors(exc: ValidationError) -> str:
         elif error["type"] == "missing":
             lines.append(f"{key}: required but not given{_MISSING_HINTS.get(key, '')}")
         else:
-            message = error["msg"].removeprefix("Value error, ")
+            # pydantic names its own classes ("a valid dictionary or instance of KRange"): not the reader's
+            message = re.sub(r" or instance of \w+", "", error["msg"].removeprefix("Value error, "))
             lines.append(f"{key}: {message} (got {error.get('input')!r})")
     return "invalid config:\n  " + "\n  ".join(lines)
 

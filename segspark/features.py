@@ -33,7 +33,7 @@ from pyspark.sql import types as T
 
 from segspark.config import OrdersInput
 from segspark.errors import InputDataError
-from segspark.validate import REASON, VALUES, as_double
+from segspark.validate import REASON, VALUES, as_double, col, is_blank, quoted, separator_hint
 
 log = logging.getLogger(__name__)
 
@@ -118,17 +118,18 @@ def check_orders(orders: DataFrame, source: OrdersInput) -> DataFrame:
     listing = ", ".join(orders.columns)
     for key, column in mapped.items():
         if column is not None and column not in orders.columns:
+            hint = separator_hint(orders.columns, "input.orders.options")
+            if hint:
+                raise InputDataError(f"input.orders.{key}: column {column!r} is not in the orders: {hint}")
             raise InputDataError(
                 f"input.orders.{key}: column {column!r} is not in the orders; columns are: {listing}. "
                 f"Set input.orders.{key} to the orders' {key.replace('_', ' ')} column."
             )
-    customer_id = F.col(source.customer_id)
-    raw_date, order_date = F.col(source.order_date), _parsed_date(orders, source)
-    raw_amount, amount = F.col(source.amount), as_double(source.amount)
+    customer_id = col(source.customer_id)
+    raw_date, order_date = col(source.order_date), _parsed_date(orders, source)
+    raw_amount, amount = col(source.amount), as_double(source.amount)
     checks: list[Column] = [
-        F.when(
-            customer_id.isNull() | (F.trim(customer_id.cast("string")) == ""), F.lit("missing customer id")
-        ),
+        F.when(is_blank(customer_id), F.lit("missing customer id")),
         F.when(raw_date.isNull(), F.lit("missing order date")),
         F.when(order_date.isNull(), F.lit("unparseable order date")),
         F.when(raw_amount.isNull(), F.lit("missing amount")),
@@ -139,7 +140,7 @@ def check_orders(orders: DataFrame, source: OrdersInput) -> DataFrame:
         checks.append(F.when(order_date > F.lit(source.as_of), F.lit("order date after as_of")))
     quantity = F.lit(None).cast("double")
     if source.quantity:
-        raw_quantity, quantity = F.col(source.quantity), as_double(source.quantity)
+        raw_quantity, quantity = col(source.quantity), as_double(source.quantity)
         checks += [
             F.when(
                 raw_quantity.isNotNull() & (quantity.isNull() | ~_is_finite(quantity)),
@@ -147,9 +148,9 @@ def check_orders(orders: DataFrame, source: OrdersInput) -> DataFrame:
             ),
             F.when(quantity < 0, F.lit("negative quantity")),
         ]
-    category = F.col(source.category).cast("string") if source.category else F.lit(None).cast("string")
+    category = col(source.category).cast("string") if source.category else F.lit(None).cast("string")
     reason = F.coalesce(*checks)
-    others = [F.col(c) for c in orders.columns if c != source.customer_id]
+    others = [col(c) for c in orders.columns if c != source.customer_id]
     return orders.select(
         customer_id.alias(ORDER_CUSTOMER_ID),
         order_date.alias(ORDER_DATE),
@@ -280,15 +281,15 @@ def join_customers(
     key = "__order_customer_id"
     keyed = features.select(F.col(ORDER_CUSTOMER_ID).cast("string").alias(key), *[F.col(c) for c in columns])
     kept = [c for c in customers.columns if c not in replaced]
-    joined = customers.select(*[F.col(c) for c in kept]).join(
-        keyed, on=F.col(id_column).cast("string") == F.col(key), how="left"
+    joined = customers.select(*[col(c) for c in kept]).join(
+        keyed, on=col(id_column).cast("string") == F.col(key), how="left"
     )
     has_orders = F.col(key).isNotNull()
     filled = [
         (F.when(has_orders, F.col(c)).otherwise(F.lit(0)) if c in ZERO_WITHOUT_ORDERS else F.col(c)).alias(c)
         for c in columns
     ]
-    return joined.select(*[F.col(c) for c in kept], *filled), replaced
+    return joined.select(*[col(c) for c in kept], *filled), replaced
 
 
 def count_orders(orders: OrderFeatures) -> dict[str, Any]:
@@ -314,7 +315,7 @@ def count_orders(orders: OrderFeatures) -> dict[str, Any]:
 def count_matches(joined: DataFrame, orders: OrderFeatures, id_column: str) -> dict[str, int]:
     """How well customers and orders match: customer rows without a valid order, and customers with
     valid orders that are not in the customer table (their orders are valid but nobody is segmented)."""
-    ids = joined.select(F.col(id_column).cast("string").alias(ORDER_CUSTOMER_ID))
+    ids = joined.select(col(id_column).cast("string").alias(ORDER_CUSTOMER_ID))
     unknown = orders.features.select(F.col(ORDER_CUSTOMER_ID).cast("string").alias(ORDER_CUSTOMER_ID)).join(
         ids, on=ORDER_CUSTOMER_ID, how="left_anti"
     )
@@ -330,13 +331,13 @@ def _parsed_date(orders: DataFrame, source: OrdersInput) -> Column:
     column = source.order_date
     data_type = orders.schema[column].dataType
     if isinstance(data_type, T.DateType):
-        return F.col(column)
+        return col(column)
     if isinstance(data_type, T.TimestampType | T.TimestampNTZType):
-        return F.to_date(F.col(column))
-    text = F.col(column).cast("string")
+        return F.to_date(col(column))
+    text = col(column).cast("string")
     if source.date_format:
         return F.try_to_timestamp(text, F.lit(source.date_format)).cast("date")
-    return F.expr(f"try_cast(CAST(`{column}` AS STRING) AS DATE)")
+    return F.expr(f"try_cast(CAST({quoted(column)} AS STRING) AS DATE)")
 
 
 def _is_finite(value: Column) -> Column:

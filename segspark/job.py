@@ -48,8 +48,8 @@ from segspark.features import (
 )
 from segspark.lake import Lake, read_source, small_table, write_table
 from segspark.metrics import SEGMENT
-from segspark.prepare import FEATURES, build_pipeline, scaler_of, vector_columns
-from segspark.profiles import add_audit_shares, check_playbook, profile_segments
+from segspark.prepare import FEATURES, build_pipeline, clip_bounds, scaler_of, vector_columns
+from segspark.profiles import add_audit_shares, check_playbook, profile_segments, small_segments
 from segspark.report import REPORT_FILE, write_report
 from segspark.rules import Rules, imputer_medians, segment_rules, sql_file
 from segspark.segments import (
@@ -65,6 +65,7 @@ from segspark.session import event_log_dir, get_session
 from segspark.sweep import SweepResult, centers_of, sweep_k
 from segspark.validate import (
     FeatureSpec,
+    col,
     resolve_features,
     sensitive_match,
     split_rejects,
@@ -148,6 +149,7 @@ def run(settings: Settings, spark: SparkSession | None = None) -> RunResult:
             "event_log": event_log_dir(spark),  # the history server shows the run's jobs from here
         },
         "settings": settings.to_dict(),
+        "warnings": [],  # plain sentences for the summary and the report (tiny segments, ...)
     }
     cached: list[DataFrame] = []
     try:
@@ -206,9 +208,13 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
             )
 
     with step("prepare"):
-        preparation = build_pipeline(spec).fit(valid)
+        bounds = clip_bounds(valid, spec, settings.features.clip)
+        manifest["features"]["clip"] = {c: list(b) for c, b in bounds.items()} if bounds else None
+        preparation = build_pipeline(spec, bounds).fit(valid)
         prepared = (
-            preparation.transform(valid).select(spec.id_column, *spec.columns, *audit, FEATURES).persist()
+            preparation.transform(valid)
+            .select(*[col(c) for c in (spec.id_column, *spec.columns, *audit)], F.col(FEATURES))
+            .persist()
         )
         cached.append(prepared)
 
@@ -216,6 +222,8 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
     with step("sweep"):
         earlier_k = (len(earlier.segments), earlier.run_id) if earlier else None
         sweep = sweep_k(prepared, settings.model, step.label, earlier_k)
+    if sweep.near_tie:
+        manifest["warnings"].append(f"near tie: {sweep.verdict()}")
     chosen = sweep.chosen.model
     model = PipelineModel(stages=[*preparation.stages, chosen])
 
@@ -245,6 +253,9 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
             rules = segment_rules(
                 assigned, spec.numeric, names, missing_as, settings.segments.rule_depth, settings.model.seed
             )
+    for warning in small_segments(profiles, settings.segments.min_size, clipped=bool(bounds)):
+        log.warning("%s", warning)
+        manifest["warnings"].append(warning)
 
     k_metrics = pd.DataFrame(
         [
@@ -361,7 +372,7 @@ def read_input(
     """
     customers = settings.input.customers
     if settings.input.orders is None:
-        return read_source(spark, customers), customers.id_column
+        return read_source(spark, customers, ids=(customers.id_column,)), customers.id_column
     orders = orders or read_orders(spark, settings)
     described = manifest.setdefault("orders", {})
     described.update(
@@ -372,7 +383,9 @@ def read_input(
     )
     if customers is None:
         return orders.features, ORDER_CUSTOMER_ID
-    joined, replaced = join_customers(read_source(spark, customers), customers.id_column, orders)
+    joined, replaced = join_customers(
+        read_source(spark, customers, ids=(customers.id_column,)), customers.id_column, orders
+    )
     if replaced:
         log.warning(
             "customer columns replaced by the features built from the orders: %s", ", ".join(replaced)
@@ -388,7 +401,9 @@ def read_orders(
     source = settings.input.orders
     if source is None:
         return None
-    return order_features(read_source(spark, source, "input.orders"), source, cached)
+    return order_features(
+        read_source(spark, source, "input.orders", ids=(source.customer_id,)), source, cached
+    )
 
 
 def verify_order_accounting(spark: SparkSession, rows: dict[str, int], path: str, fmt: str) -> None:
@@ -414,7 +429,7 @@ def report_sample(assigned: DataFrame, spec: FeatureSpec, rows: int, seed: int) 
     """A uniform sample of at most REPORT_SAMPLE_ROWS customers for plots: features and segment, no ids."""
     fraction = min(1.0, 1.2 * REPORT_SAMPLE_ROWS / max(rows, 1))  # a little over, then cut to size
     sampled = assigned if fraction >= 1.0 else assigned.sample(fraction=fraction, seed=seed)
-    return sampled.select(F.col(SEGMENT), *[F.col(c) for c in spec.columns]).limit(REPORT_SAMPLE_ROWS)
+    return sampled.select(F.col(SEGMENT), *[col(c) for c in spec.columns]).limit(REPORT_SAMPLE_ROWS)
 
 
 def original_units(center_unscaled: np.ndarray, spec: FeatureSpec) -> list[float]:

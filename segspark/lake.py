@@ -9,6 +9,7 @@ works on a local disk, HDFS or an object store.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 import pandas as pd
@@ -29,8 +30,15 @@ STAGING_DIR = "_staging"
 LATEST = "latest"
 
 
-def read_source(spark: SparkSession, source: SourceSettings, name: str = "input.customers") -> DataFrame:
-    """Read a table given by ``path`` + ``format`` (+ options, schema) or by catalog ``table``."""
+def read_source(
+    spark: SparkSession, source: SourceSettings, name: str = "input.customers", ids: tuple[str, ...] = ()
+) -> DataFrame:
+    """Read a table given by ``path`` + ``format`` (+ options, schema) or by catalog ``table``.
+
+    ``ids``: identity columns. From csv and json they are read as text whatever schema inference
+    makes of them (``00123`` is an id, not the number 123); a schema given in the config wins, and
+    typed formats keep their types.
+    """
     try:
         if source.table:
             return spark.table(source.table)
@@ -51,7 +59,7 @@ def read_source(spark: SparkSession, source: SourceSettings, name: str = "input.
         schema = (
             spark.createDataFrame([], source.schema_ddl).schema
             if source.schema_ddl
-            else reader.load(source.path).schema
+            else ids_as_text(reader.load(source.path).schema, ids)
         )
         if CORRUPT_RECORD not in schema.fieldNames():
             schema = schema.add(CORRUPT_RECORD, T.StringType())
@@ -63,9 +71,26 @@ def read_source(spark: SparkSession, source: SourceSettings, name: str = "input.
         )
     except AnalysisException as exc:
         where = f"table {source.table}" if source.table else f"{source.format} data at {source.path}"
+        clash = re.search(r"COLUMN_ALREADY_EXISTS\][^`]*`([^`]+)`", str(exc))
+        if clash:
+            raise InputDataError(
+                f"{name}: {where} has two columns named {clash.group(1)!r} when upper and lower case are "
+                "not told apart (as Spark does by default), e.g. 'Income' and 'income'. Rename one of "
+                "them, or set spark.conf.spark.sql.caseSensitive: true."
+            ) from None
         raise InputDataError(
             f"{name}: cannot read {where}: {_first_line(exc)}. Check {name}.path/table and format."
         ) from None
+
+
+def ids_as_text(schema: T.StructType, ids: tuple[str, ...]) -> T.StructType:
+    """The inferred schema with the ``ids`` columns as strings."""
+    return T.StructType(
+        [
+            T.StructField(f.name, T.StringType(), f.nullable, f.metadata) if f.name in ids else f
+            for f in schema.fields
+        ]
+    )
 
 
 def write_table(df: DataFrame, path: str, fmt: str) -> None:
@@ -190,34 +215,87 @@ class Lake:
     # -- runs ---------------------------------------------------------------------------------------
 
     def check_writable(self, run_id: str = "check") -> None:
-        """Fail early, before any work, when the output location is a file or cannot be created."""
+        """Fail early, before any work, when publishing could not complete.
+
+        Publishing creates folders below the output, moves a folder from ``_staging/`` into ``runs/``
+        and replaces the ``latest`` file in the output folder itself; each of these is tried on a
+        small probe (one per run: runs may overlap), so a folder that is writable only below its
+        top, say, stops the run here and not after all the work.
+        """
         if self.exists(self.root) and not self.is_dir(self.root):
             raise OutputError(f"output.path {self.root} is a file; give a folder for the run outputs")
+        latest = self.path(LATEST)
+        if self.exists(latest) and self.is_dir(latest):
+            raise OutputError(
+                f"{latest} is a folder; segspark keeps the id of the newest run in that file: move it away"
+            )
+        probe = f".write-probe-{run_id}"
+        staged_dir, run_dir = self.path(STAGING_DIR, probe), self.path(RUNS_DIR, probe)
+        staged_file, root_file = self.path(STAGING_DIR, f"{probe}.latest"), self.path(probe)
+        runs_was_there = self.exists(self.path(RUNS_DIR))
         try:
-            self._fs(self.root).mkdirs(self._hpath(self.path(STAGING_DIR)))
-            probe = self.path(STAGING_DIR, f".write-probe-{run_id}")  # one per run: runs may overlap
-            self.write_text(probe, "ok")
-            self.delete(probe)
+            for folder in (STAGING_DIR, RUNS_DIR):
+                self._fs(self.root).mkdirs(self._hpath(self.path(folder)))
+            self._fs(staged_dir).mkdirs(self._hpath(staged_dir))
+            self.rename(staged_dir, run_dir)
+            self.delete(run_dir)
+            if not runs_was_there:  # a run that fails later leaves no empty runs/ behind
+                self.delete(self.path(RUNS_DIR))
+            self.write_text(root_file, "probe")
+            self.write_text(staged_file, "probe")
+            self.rename(staged_file, root_file, overwrite=True)
+            self.delete(root_file)
         except Exception as exc:  # py4j wraps the Java IOException
-            raise OutputError(f"output.path {self.root} is not writable: {_first_line(exc)}") from None
+            for path in (staged_dir, run_dir, staged_file, root_file):
+                self._quietly(self.delete, path)
+            raise OutputError(
+                f"output.path {self.root} is not writable: {_first_line(exc)}. segspark needs to create, "
+                "rename and replace files in it (runs/, _staging/ and the latest file)"
+            ) from None
 
     def publish(self, run_id: str) -> str:
-        """Move a complete staged run into ``runs/`` and point ``latest`` at it."""
+        """Move a complete staged run into ``runs/`` and point ``latest`` at it: all or nothing.
+
+        If a step fails, the steps already done are undone: the run goes back to ``_staging/`` (the
+        caller marks it failed there), an earlier run of the same id is put back, and no temporary
+        file stays.
+        """
         staged, final = self.staging_dir(run_id), self.run_dir(run_id)
-        self._fs(final).mkdirs(self._hpath(self.path(RUNS_DIR)))
-        if self.exists(final):  # a re-run of the same run id replaces the earlier one whole
-            retired = self.path(STAGING_DIR, f"{run_id}.replaced")
-            self.delete(retired)
-            self.rename(final, retired)
-            self.rename(staged, final)
-            self.delete(retired)
-        else:
-            self.rename(staged, final)
+        retired = self.path(STAGING_DIR, f"{run_id}.replaced")
         pointer = self.path(STAGING_DIR, f"{LATEST}.{run_id}")
-        self.write_text(pointer, run_id + "\n")
-        self.rename(pointer, self.path(LATEST), overwrite=True)
+        replaced = moved = False
+        try:
+            self._fs(final).mkdirs(self._hpath(self.path(RUNS_DIR)))
+            if self.exists(final):  # a re-run of the same run id replaces the earlier one whole
+                self.delete(retired)
+                self.rename(final, retired)
+                replaced = True
+            self.rename(staged, final)
+            moved = True
+            self.write_text(pointer, run_id + "\n")
+            self.rename(pointer, self.path(LATEST), overwrite=True)
+        except Exception as exc:
+            if moved:
+                self._quietly(self.rename, final, staged)
+            if replaced:
+                self._quietly(self.rename, retired, final)
+            self._quietly(self.delete, pointer)
+            raise OutputError(
+                f"could not publish run {run_id} to {self.root}: {_first_line(exc)}. Nothing was published: "
+                f"the run is back in {staged}, and {self.path(LATEST)} names the run it named before"
+            ) from None
+        if replaced:
+            self._quietly(self.delete, retired)
         log.info("published run %s; %s now points at it", run_id, self.path(LATEST))
         return final
+
+    @staticmethod
+    def _quietly(operation, *paths: str) -> None:
+        """Clean-up that must not hide the error being handled."""
+        try:
+            operation(*paths)
+        except Exception as exc:
+            log.warning("could not clean up %s: %s", " -> ".join(paths), _first_line(exc))
 
     def latest_run_id(self) -> str | None:
         latest = self.path(LATEST)

@@ -6,6 +6,10 @@ scoring new customers applies exactly the same steps.
 
 from __future__ import annotations
 
+import hashlib
+import re
+
+import pyspark.sql.functions as F
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.feature import (
     Imputer,
@@ -15,41 +19,117 @@ from pyspark.ml.feature import (
     StringIndexer,
     VectorAssembler,
 )
+from pyspark.sql import DataFrame
 
-from segspark.validate import FeatureSpec
+from segspark.config import ClipSettings
+from segspark.validate import FeatureSpec, col, quoted
 
 FEATURES = "features"  # the scaled vector the clustering sees
 RAW_FEATURES = "features_unscaled"
+PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+PERCENTILE_ACCURACY = 10_000  # of the clip quantiles: Spark's default, relative rank error 1/10000
+
+Bounds = dict[str, tuple[float, float]]  # numeric feature -> (lower, upper) clip values, original units
+
+
+def internal_name(column: str) -> str:
+    """The name a feature goes by inside the Pipeline.
+
+    Spark ML stages (Imputer, StringIndexer) look their input columns up unquoted, so ``spend.score``
+    would be read as field ``score`` of a struct ``spend``. A name that is not plain is copied to a
+    plain one first: its letters and digits, and a digest of the whole name so two names never meet.
+
+    >>> internal_name("income"), internal_name("spend.score"), internal_name("Ausgaben €")
+    ('income', 'spend_score__dbd3933a', 'Ausgaben__742a2709')
+    """
+    if PLAIN_NAME.fullmatch(column):
+        return column
+    stem = re.sub(r"[^A-Za-z0-9_]+", "_", column).strip("_") or "column"
+    return f"{stem}__{hashlib.sha1(column.encode('utf-8')).hexdigest()[:8]}"
 
 
 def imputed(column: str) -> str:
-    return f"{column}__imputed"
+    return f"{internal_name(column)}__imputed"
 
 
-def model_input(column: str, spec: FeatureSpec) -> str:
-    """The column that enters the assembler for a numeric feature: imputed, then log1p if asked."""
-    return f"{column}__log1p" if column in spec.log else imputed(column)
+def clipped(column: str) -> str:
+    return f"{internal_name(column)}__clipped"
 
 
-def build_pipeline(spec: FeatureSpec) -> Pipeline:
+def model_input(column: str, spec: FeatureSpec, clip: Bounds | None = None) -> str:
+    """The column that enters the assembler for a numeric feature: imputed, clipped if asked, then
+    log1p if asked."""
+    if column in spec.log:
+        return f"{internal_name(column)}__log1p"
+    return clipped(column) if clip else imputed(column)
+
+
+def clip_bounds(df: DataFrame, spec: FeatureSpec, settings: ClipSettings | None) -> Bounds:
+    """Each numeric feature's ``settings.lower`` and ``upper`` quantiles over ``df`` (NULLs left out),
+    in original units: one aggregation. Empty without ``settings``, or without numeric features."""
+    if settings is None or not spec.numeric:
+        return {}
+    quantiles = [settings.lower, settings.upper]
+
+    def known(column: str):  # NaN counts as missing, as for the Imputer
+        value = col(column).cast("double")
+        return F.when(~F.isnan(value), value)
+
+    row = df.agg(
+        *[
+            F.percentile_approx(known(c), quantiles, PERCENTILE_ACCURACY).alias(str(i))
+            for i, c in enumerate(spec.numeric)
+        ]
+    ).first()
+    values = {c: row[str(i)] for i, c in enumerate(spec.numeric)}
+    return {c: (float(v[0]), float(v[1])) for c, v in values.items() if v and None not in v}
+
+
+def clip_stage(spec: FeatureSpec, bounds: Bounds) -> SQLTransformer:
+    """Clip each imputed numeric feature to its bounds; the bounds are literals of the statement, so the
+    saved model applies the same ones when it scores new customers."""
+
+    def clip(column: str) -> str:
+        if column not in bounds:  # no value to take quantiles of: nothing to clip
+            return f"{imputed(column)} AS {clipped(column)}"
+        lower, upper = bounds[column]
+        return f"LEAST(GREATEST({imputed(column)}, {lower!r}D), {upper!r}D) AS {clipped(column)}"
+
+    clips = ", ".join(clip(c) for c in spec.numeric)
+    return SQLTransformer(statement=f"SELECT *, {clips} FROM __THIS__")
+
+
+def build_pipeline(spec: FeatureSpec, clip: Bounds | None = None) -> Pipeline:
+    """The preparation stages; ``clip``: bounds per numeric feature (from ``clip_bounds``), or none."""
     stages = []
+    renamed = [c for c in spec.columns if internal_name(c) != c]
+    if renamed:
+        copies = ", ".join(f"{quoted(c)} AS {internal_name(c)}" for c in renamed)
+        stages.append(SQLTransformer(statement=f"SELECT *, {copies} FROM __THIS__"))
     if spec.numeric:
         # Median, not mean: spend and counts are skewed and the mean is pulled by a few big customers.
         stages.append(
-            Imputer(strategy="median", inputCols=spec.numeric, outputCols=[imputed(c) for c in spec.numeric])
+            Imputer(
+                strategy="median",
+                inputCols=[internal_name(c) for c in spec.numeric],
+                outputCols=[imputed(c) for c in spec.numeric],
+            )
         )
+    if clip:
+        stages.append(clip_stage(spec, clip))
     if spec.log:
-        logs = ", ".join(f"LOG1P(`{imputed(c)}`) AS `{model_input(c, spec)}`" for c in spec.log)
+        source = clipped if clip else imputed
+        logs = ", ".join(f"LOG1P({source(c)}) AS {model_input(c, spec, clip)}" for c in spec.log)
         stages.append(SQLTransformer(statement=f"SELECT *, {logs} FROM __THIS__"))
     vectors = []
     if spec.categorical:
-        indexed = [f"{c}__index" for c in spec.categorical]
-        vectors = [f"{c}__onehot" for c in spec.categorical]
+        indexed = [f"{internal_name(c)}__index" for c in spec.categorical]
+        vectors = [f"{internal_name(c)}__onehot" for c in spec.categorical]
         # "keep" gives unseen values (and NULL) a bucket of their own instead of failing at scoring time;
         # no category is dropped, so every value is equally far from the others.
         stages.append(
             StringIndexer(
-                inputCols=spec.categorical,
+                inputCols=[internal_name(c) for c in spec.categorical],
                 outputCols=indexed,
                 handleInvalid="keep",
                 stringOrderType="alphabetAsc",
@@ -58,7 +138,7 @@ def build_pipeline(spec: FeatureSpec) -> Pipeline:
         stages.append(OneHotEncoder(inputCols=indexed, outputCols=vectors, dropLast=False))
     stages.append(
         VectorAssembler(
-            inputCols=[model_input(c, spec) for c in spec.numeric] + vectors, outputCol=RAW_FEATURES
+            inputCols=[model_input(c, spec, clip) for c in spec.numeric] + vectors, outputCol=RAW_FEATURES
         )
     )
     stages.append(StandardScaler(inputCol=RAW_FEATURES, outputCol=FEATURES, withMean=True, withStd=True))

@@ -16,11 +16,14 @@ from pyspark.sql import DataFrame
 from segspark.config import SegmentSettings
 from segspark.errors import ConfigError
 from segspark.metrics import SEGMENT
-from segspark.validate import FeatureSpec
+from segspark.validate import FeatureSpec, col
 
 QUARTILES = [0.25, 0.5, 0.75]
 PERCENTILE_ACCURACY = 10_000  # Spark's default: relative error 1/10000 of the rank
 TYPICAL_NAME = "Typical customers"
+CLIP_REMEDY = (
+    "if they are a few extreme values, clip the features: features.clip: {lower: 0.001, upper: 0.999}"
+)
 
 
 def profile_segments(
@@ -38,10 +41,10 @@ def profile_segments(
     aggregates = [F.count(F.lit(1)).alias("size")]
     for c in spec.numeric:
         aggregates += [
-            F.count(c).alias(f"{c}__n"),
-            F.avg(c).alias(f"{c}__mean"),
-            F.stddev_samp(c).alias(f"{c}__std"),
-            F.percentile_approx(c, QUARTILES, PERCENTILE_ACCURACY).alias(f"{c}__quartiles"),
+            F.count(col(c)).alias(f"{c}__n"),
+            F.avg(col(c)).alias(f"{c}__mean"),
+            F.stddev_samp(col(c)).alias(f"{c}__std"),
+            F.percentile_approx(col(c), QUARTILES, PERCENTILE_ACCURACY).alias(f"{c}__quartiles"),
         ]
     segments = assigned.groupBy(SEGMENT).agg(*aggregates).toPandas()
     segments = segments.astype({SEGMENT: int}).sort_values(SEGMENT).reset_index(drop=True)
@@ -66,6 +69,29 @@ def profile_segments(
     return profile
 
 
+def small_segments(profile: pd.DataFrame, min_size: float, clipped: bool = False) -> list[str]:
+    """A warning for each segment below ``min_size``: a share of the customers when below 1, else a
+    count. A segment of a few extreme customers stretches the scale of their features for everyone.
+
+    >>> sizes = pd.DataFrame({"segment": [0, 1], "segment_name": ["Typical", "High income"],
+    ...                       "size": [999, 1], "share": [0.999, 0.001]})
+    >>> small_segments(sizes, 0.005)[0][:72]
+    "segment 1 'High income' holds 1 customer (0.1%), below segments.min_size"
+    """
+    limit = min_size * profile["size"].sum() if min_size < 1 else min_size
+    shown = f"{min_size:.1%} of the customers" if min_size < 1 else f"{min_size:g} customers"
+    remedy = "look at its customers before acting on it"
+    if not clipped:
+        remedy = CLIP_REMEDY
+    return [
+        f"segment {row[SEGMENT]} {row['segment_name']!r} holds {int(row['size'])} "
+        f"customer{'s' if row['size'] != 1 else ''} ({row['share']:.1%}), below segments.min_size ({shown}): "
+        + remedy
+        for _, row in profile.sort_values(SEGMENT).iterrows()
+        if row["size"] < limit
+    ]
+
+
 def _pooled(counts: pd.Series, means: pd.Series, stds: pd.Series) -> tuple[float, float]:
     """Everyone's mean and sample standard deviation from the segments' (non-missing count, mean,
     sample standard deviation): within-segment plus between-segment sums of squares."""
@@ -88,7 +114,7 @@ def _nth(values, i: int) -> float:
 
 def category_shares(assigned: DataFrame, column: str) -> pd.DataFrame:
     """Share of each value of a categorical column within each segment (``column=value_share``)."""
-    counts = assigned.groupBy(SEGMENT, column).count().toPandas()
+    counts = assigned.groupBy(F.col(SEGMENT), col(column)).count().toPandas()
     counts[column] = counts[column].fillna("(missing)")
     table = counts.pivot_table(index=SEGMENT, columns=column, values="count", aggfunc="sum", fill_value=0)
     shares = table.div(table.sum(axis=1), axis=0)
@@ -171,7 +197,7 @@ def add_audit_shares(profile: pd.DataFrame, assigned: DataFrame, columns: list[s
     along them anyway. Only the AUDIT_MAX_VALUES commonest values get a column of their own.
     """
     for column in columns:
-        text = F.col(column).cast("string")
+        text = col(column).cast("string")
         common = [
             row["value"]
             for row in assigned.filter(text.isNotNull())

@@ -1,22 +1,28 @@
-"""The run report: one self-contained HTML file (images inlined) that a marketer can read offline.
+"""The run report: one self-contained HTML file (images and script inlined) that a marketer can read offline.
 
 It is built only from small things: the manifest, the profiles (one row per segment), the metrics per
 k and the run's bounded sample of customers (features and segment, no identifiers).
+
+The page is a Jinja2 template (``templates/report.html``) with autoescaping: Python computes the
+plain values of each section (a ``Section``), the templates under ``templates/sections/`` lay them
+out. Adding a section is a function returning a ``Section`` and a template named after its ``id``.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 import math
+from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # no display: render to PNG in memory
 
+import jinja2  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -29,25 +35,34 @@ from segspark.metrics import SEGMENT  # noqa: E402
 REPORT_FILE = "report.html"
 COLOURS = plt.get_cmap("tab10").colors
 DPI = 110
-STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px}
-body{color:#222;line-height:1.45;padding:0 1rem}
-h1{margin-bottom:.2rem}
-h2{margin-top:2.2rem;border-bottom:2px solid #eee;padding-bottom:.2rem}
-.how{color:#555;font-size:.95rem;background:#f7f7f9;border-left:4px solid #ccd;padding:.5rem .8rem}
-table{border-collapse:collapse;margin:.6rem 0;font-size:.9rem}
-th,td{border:1px solid #ddd;padding:.3rem .55rem;text-align:right}
-th{background:#f3f3f6}
-td.l,th.l{text-align:left}
-tr.chosen{background:#e8f4e8;font-weight:600}
-.swatch{display:inline-block;width:.8rem;height:.8rem;border-radius:2px;margin-right:.35rem;vertical-align:middle}
-figure{margin:1rem 0}
-figcaption{color:#555;font-size:.9rem}
-img{max-width:100%}
-.cards{display:flex;gap:1rem;flex-wrap:wrap}
-.card{background:#f7f7f9;border-radius:6px;padding:.6rem 1rem}
-.card b{font-size:1.3rem;display:block}
-"""
+DARK_CELL = 0.55  # |z| / the colour scale's limit from which a heatmap cell gets white text
+CLOUD_DIGITS = 3  # decimals of the 3-D view's coordinates (scaled to [-1, 1]): small page, same picture
+LEGEND_OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "borderaxespad": 0.0}
+
+
+@dataclass(frozen=True)
+class Section:
+    """One section of the report: ``templates/sections/<id>.html`` renders ``data``."""
+
+    id: str
+    title: str
+    how: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def anchor(self) -> str:
+        """The section's ``id`` in the page, from its title: ``#segment-profiles``."""
+        return "-".join("".join(ch if ch.isalnum() else " " for ch in self.title.lower()).split())
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table as plain text cells; the first ``left`` columns are left-aligned (names, labels)."""
+
+    head: list[str]
+    rows: list[list[str]]
+    left: int = 1
+    row_classes: list[str] = field(default_factory=list)
 
 
 def colour(segment: int) -> str:
@@ -55,47 +70,35 @@ def colour(segment: int) -> str:
     return f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}"
 
 
-def _png(figure) -> str:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
-    plt.close(figure)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+def number(value: Any, digits: int = 3) -> str:
+    """A number as a reader wants it: about ``digits`` significant digits, no trailing zeros, whole
+    numbers of 1,000 and more with separators; "–" for a missing value.
 
-
-def _figure(figure, caption: str, alt: str) -> str:
-    return (
-        f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{_png(figure)}">'
-        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-    )
-
-
-def _e(value: Any) -> str:
-    return html.escape(str(value))
-
-
-def _number(value: Any, digits: int = 3) -> str:
+    >>> [number(v) for v in (38.031, 38.0, 52345.7, 0.84812, 7, 0.000123, -2.5, None)]
+    ['38', '38', '52,346', '0.848', '7', '0.000123', '-2.5', '–']
+    """
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
     if isinstance(value, int | np.integer):
         return f"{int(value):,}"
     value = float(value)
-    return f"{value:,.{digits}f}" if abs(value) < 1000 else f"{value:,.0f}"
+    if value == 0:
+        return "0"
+    decimals = max(digits - 1 - math.floor(math.log10(abs(value))), 0)
+    text = f"{value:,.{decimals}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
-def _table(frame: pd.DataFrame, left: tuple[str, ...] = (), row_class: list[str] | None = None) -> str:
-    head = "".join(f'<th class="{"l" if c in left else ""}">{_e(c)}</th>' for c in frame.columns)
-    rows = []
-    for i, (_, row) in enumerate(frame.iterrows()):
-        cells = "".join(
-            f'<td class="l">{row[c]}</td>' if c in left else f"<td>{row[c]}</td>" for c in frame.columns
-        )
-        css = f' class="{row_class[i]}"' if row_class and row_class[i] else ""
-        rows.append(f"<tr{css}>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+def _png(figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    plt.close(figure)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _section(title: str, how: str, body: str) -> str:
-    return f'<h2>{_e(title)}</h2><p class="how">{_e(how)}</p>{body}'
+def _display(manifest: dict[str, Any]) -> dict[str, str]:
+    """Feature -> the label the segment names use (``segments.display_names``)."""
+    return dict(manifest.get("settings", {}).get("segments", {}).get("display_names", {}))
 
 
 def scatter_features(profiles: pd.DataFrame, numeric: list[str], configured: list[str] | None) -> list[str]:
@@ -117,53 +120,62 @@ def build_report(
     profiles = profiles.sort_values(SEGMENT).reset_index(drop=True)
     numeric = list(manifest.get("features", {}).get("numeric", []))
     names = dict(zip(profiles[SEGMENT], profiles["segment_name"], strict=True))
-    parts = [
+    display = _display(manifest)
+    sections = [
         _summary(manifest),
         _sweep(manifest, k_metrics),
         _sizes(profiles),
-        _heatmap(profiles, numeric),
-        _scatters(profiles, sample, numeric, names, scatter),
-        _profile_table(profiles, numeric),
+        _heatmap(profiles, numeric, display),
+        _scatters(profiles, sample, numeric, names, scatter, display),
+        _cloud(sample, numeric, names, display),
+        _profiles(profiles, numeric, display),
         _acting(manifest),
         _migration(manifest),
         _details(manifest),
     ]
+    page = _environment().get_template("report.html")
     title = f"Customer segments — run {manifest['run_id']}"
-    return (
-        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
-        f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1>{''.join(p for p in parts if p)}"
-        "</body></html>\n"
+    return page.render(title=title, sections=[s for s in sections if s is not None]) + "\n"
+
+
+def _environment() -> jinja2.Environment:
+    """Templates from the package's ``templates`` folder (read as resources, so a wheel or zip works)."""
+    folder = resources.files("segspark").joinpath("templates")
+
+    def load(name: str) -> str:
+        return folder.joinpath(name).read_text(encoding="utf-8")
+
+    return jinja2.Environment(
+        loader=jinja2.FunctionLoader(load),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
 
 
-def _summary(manifest: dict[str, Any]) -> str:
+def _summary(manifest: dict[str, Any]) -> Section:
     rows, k = manifest["rows"], manifest["k"]
     cards = [
-        ("customers read", _number(rows["read"])),
-        ("assigned to a segment", _number(rows["assigned"])),
-        ("rejected (see rejects/)", _number(rows["rejected"])),
-        ("segments", _number(int(k["chosen"]))),
-        ("silhouette of the segments", _number(k["silhouette"])),
+        (number(rows["read"]), "customers read"),
+        (number(rows["assigned"]), "assigned to a segment"),
+        (number(rows["rejected"]), "rejected (see rejects/)"),
+        (number(int(k["chosen"])), "segments"),
+        (number(k["silhouette"]), "silhouette of the segments"),
     ]
     orders = manifest.get("orders", {}).get("rows")
     if orders:
-        cards.append(("orders read / rejected", f"{_number(orders['read'])} / {_number(orders['rejected'])}"))
-    body = (
-        '<div class="cards">'
-        + "".join(f'<div class="card"><b>{v}</b>{_e(t)}</div>' for t, v in cards)
-        + "</div>"
-    )
+        cards.append((f"{number(orders['read'])} / {number(orders['rejected'])}", "orders read / rejected"))
     runner = k.get("runner_up")
     text = f"k = {k['chosen']} was chosen by {k['rule']}" + (
-        f"; the runner-up was k = {runner['k']} (silhouette {runner['silhouette']:.3f})." if runner else "."
+        f"; the runner-up was k = {runner['k']} (silhouette {number(runner['silhouette'])})."
+        if runner
+        else "."
     )
-    if k.get("near_tie"):
-        text += f" Near tie: {k['verdict']}."
     if k.get("stability"):
         text += (
             f" Refitted on {k['stability']['runs']} bootstrap samples, the segments agree with a mean "
-            "adjusted "
-            f"Rand index of {k['stability']['mean_ari']:.3f} (1 = identical)."
+            f"adjusted Rand index of {number(k['stability']['mean_ari'])} (1 = identical)."
         )
     features = manifest.get("features", {})
     used = ", ".join([*features.get("numeric", []), *features.get("categorical", [])])
@@ -171,10 +183,28 @@ def _summary(manifest: dict[str, Any]) -> str:
         "Every customer read is either in a segment or in the rejects table with a reason. "
         f"Algorithm: {k['algorithm']}; features: {used}."
     )
-    return _section("Summary", how, body + f"<p>{_e(text)}</p>")
+    data = {"cards": cards, "text": text, "warnings": list(manifest.get("warnings", []))}
+    return Section("summary", "Summary", how, data)
 
 
-def _sweep(manifest: dict[str, Any], k_metrics: pd.DataFrame) -> str:
+def k_notes(manifest: dict[str, Any]) -> list[str]:
+    """Sentences about the choice of k shown under the sweep table: a near tie in plain words, the
+    earlier run's k kept, k values whose best fit two starts did not confirm."""
+    k = manifest["k"]
+    notes = [f"Near tie: {k['verdict']}."] if k.get("near_tie") else []
+    if k.get("kept_earlier"):
+        notes.append("The earlier run's number of segments was kept: it is within the noise of the best.")
+    unconfirmed = [int(m["k"]) for m in k.get("metrics", []) if m.get("confirmed") is False]
+    if unconfirmed:
+        notes.append(
+            "No two starts agreed on the best fit at k = "
+            + ", ".join(map(str, unconfirmed))
+            + " (model.restarts reached): its metrics may be those of a poor local optimum."
+        )
+    return notes
+
+
+def _sweep(manifest: dict[str, Any], k_metrics: pd.DataFrame) -> Section:
     metrics = k_metrics.sort_values("k").reset_index(drop=True)
     chosen = int(manifest["k"]["chosen"])
     curves = [
@@ -204,66 +234,86 @@ def _sweep(manifest: dict[str, Any], k_metrics: pd.DataFrame) -> str:
         axis.set_xticks(metrics["k"])
     figure.tight_layout()
     shown = [
-        "k",
-        *[
-            c
-            for c in ("silhouette", "wssse", "calinski_harabasz", "davies_bouldin", "gap", "gap_sd")
-            if c in metrics
-        ],
+        c
+        for c in ("silhouette", "wssse", "calinski_harabasz", "davies_bouldin", "gap", "gap_sd")
+        if c in metrics
     ]
-    table = metrics[shown].copy()
-    for c in shown[1:]:
-        table[c] = [_number(v) for v in table[c]]
-    table["k"] = [f"{k} ← chosen" if k == chosen else str(k) for k in metrics["k"]]
-    classes = ["chosen" if k == chosen else "" for k in metrics["k"]]
+    table = Table(
+        head=["k", *shown],
+        rows=[
+            [f"{k} ← chosen" if k == chosen else str(k), *[number(row[c]) for c in shown]]
+            for k, (_, row) in zip(metrics["k"], metrics.iterrows(), strict=True)
+        ],
+        row_classes=["chosen" if k == chosen else "" for k in metrics["k"]],
+    )
     how = (
         "Each candidate number of segments k was fitted and measured. The elbow curve flattens where more "
         "segments stop explaining much more; the silhouette is highest where segments are most clearly "
         "apart. The red marks show the k that was chosen."
     )
-    return _section(
-        "How many segments",
-        how,
-        _figure(figure, "Metrics per k; the chosen k is circled.", "metrics per k")
-        + _table(table, left=("k",), row_class=classes),
-    )
+    figure_data = {
+        "src": _png(figure),
+        "alt": "metrics per k",
+        "caption": "Metrics per k; the chosen k is circled.",
+    }
+    data = {"figure": figure_data, "table": table, "notes": k_notes(manifest)}
+    return Section("sweep", "How many segments", how, data)
 
 
-def _sizes(profiles: pd.DataFrame) -> str:
+def _sizes(profiles: pd.DataFrame) -> Section:
     figure, axis = plt.subplots(figsize=(8, 0.45 * len(profiles) + 1))
     labels = [f"{s}: {n}" for s, n in zip(profiles[SEGMENT], profiles["segment_name"], strict=True)]
     axis.barh(labels[::-1], profiles["share"][::-1] * 100, color=[colour(s) for s in profiles[SEGMENT]][::-1])
     for y, share in enumerate(profiles["share"][::-1]):
         axis.text(share * 100, y, f" {share:.1%}", va="center", fontsize=8)
     axis.set_xlabel("share of customers (%)")
-    return _section(
-        "Segment sizes",
-        "How many customers each segment holds. Very small segments are worth a look before acting on them.",
-        _figure(figure, "Share of customers per segment.", "segment sizes"),
-    )
+    how = "How many customers each segment holds. Very small segments are worth a look before acting on them."
+    figure_data = {"src": _png(figure), "alt": "segment sizes", "caption": "Share of customers per segment."}
+    return Section("figure", "Segment sizes", how, {"figure": figure_data})
 
 
-def _heatmap(profiles: pd.DataFrame, numeric: list[str]) -> str:
+def _heatmap(profiles: pd.DataFrame, numeric: list[str], display: dict[str, str]) -> Section | None:
     if not numeric:
-        return ""
+        return None
     z = profiles[[f"{c}_z" for c in numeric]].to_numpy(dtype=float)
     limit = max(1.0, float(np.nanmax(np.abs(z))))
     figure, axis = plt.subplots(figsize=(1.1 * len(numeric) + 3, 0.55 * len(profiles) + 1.5))
     image = axis.imshow(z, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
-    axis.set_xticks(range(len(numeric)), numeric, rotation=35, ha="right")
+    axis.set_xticks(range(len(numeric)), [display.get(c, c) for c in numeric], rotation=35, ha="right")
     axis.set_yticks(
         range(len(profiles)),
         [f"{s}: {n}" for s, n in zip(profiles[SEGMENT], profiles["segment_name"], strict=True)],
     )
     for (i, j), value in np.ndenumerate(z):
-        axis.text(j, i, f"{value:+.1f}", ha="center", va="center", fontsize=8)
+        dark = np.isfinite(value) and abs(value) / limit > DARK_CELL
+        axis.text(
+            j, i, f"{value:+.1f}", ha="center", va="center", fontsize=8, color="white" if dark else "black"
+        )
     figure.colorbar(image, ax=axis, label="z-score of the segment mean")
-    return _section(
-        "What sets each segment apart",
+    how = (
         "Each cell compares a segment's average with all customers', in standard deviations: red is above "
-        "average, blue below. The strongest cells give the segment its name.",
-        _figure(figure, "Segment means as z-scores against all customers.", "z-score heatmap"),
+        "average, blue below. The strongest cells give the segment its name."
     )
+    figure_data = {
+        "src": _png(figure),
+        "alt": "z-score heatmap",
+        "caption": "Segment means as z-scores against all customers.",
+    }
+    return Section("figure", "What sets each segment apart", how, {"figure": figure_data})
+
+
+def _standardised(sample: pd.DataFrame, numeric: list[str]) -> np.ndarray:
+    """The sample's numeric features, missing values as the median, each scaled to mean 0 and sd 1."""
+    values = sample[numeric].astype(float)
+    values = values.fillna(values.median())
+    return ((values - values.mean()) / values.std(ddof=0).replace(0, 1)).to_numpy()
+
+
+def principal_components(scaled: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The first ``n`` principal components: scores, loadings (n x features), share of variance each."""
+    _, singular, vt = np.linalg.svd(scaled, full_matrices=False)
+    variance = singular**2 / max(float((singular**2).sum()), 1e-300)
+    return scaled @ vt[:n].T, vt[:n], variance[:n]
 
 
 def _scatters(
@@ -272,16 +322,13 @@ def _scatters(
     numeric: list[str],
     names: dict,
     configured: list[str] | None,
-) -> str:
+    display: dict[str, str],
+) -> Section | None:
     if sample.empty or len(numeric) < 2:
-        return ""
+        return None
     x, y = scatter_features(profiles, numeric, configured)
     figure, axes = plt.subplots(1, 2, figsize=(12, 5))
-    values = sample[numeric].astype(float)
-    values = values.fillna(values.median())
-    scaled = (values - values.mean()) / values.std(ddof=0).replace(0, 1)
-    _, _, vt = np.linalg.svd(scaled.to_numpy(), full_matrices=False)
-    projected = scaled.to_numpy() @ vt[:2].T
+    projected, _, _ = principal_components(_standardised(sample, numeric), 2)
     for segment in sorted(sample[SEGMENT].unique()):
         rows = (sample[SEGMENT] == segment).to_numpy()
         label = f"{segment}: {names.get(segment, '')}"
@@ -291,105 +338,160 @@ def _scatters(
         axes[1].scatter(
             projected[rows, 0], projected[rows, 1], s=6, alpha=0.5, color=colour(segment), label=label
         )
-    axes[0].set_xlabel(x)
-    axes[0].set_ylabel(y)
-    axes[0].set_title(f"{y} against {x}", fontsize=10)
+    x_label, y_label = display.get(x, x), display.get(y, y)
+    axes[0].set_xlabel(x_label)
+    axes[0].set_ylabel(y_label)
+    axes[0].set_title(f"{y_label} against {x_label}", fontsize=10)
     axes[1].set_xlabel("first principal component")
     axes[1].set_ylabel("second principal component")
     axes[1].set_title("All features, projected (PCA)", fontsize=10)
-    axes[1].legend(fontsize=7, markerscale=3, loc="best")
+    axes[1].legend(fontsize=7, markerscale=3, **LEGEND_OUTSIDE)  # beside the plot: it covers no point
     figure.tight_layout()
     how = (
-        f"A random sample of {len(sample):,} customers, coloured by segment: on the left by {x} and {y}; "
-        "on the right all features squeezed into two dimensions. Well separated colours mean distinct "
-        "segments."
+        f"A random sample of {len(sample):,} customers, coloured by segment: on the left by {x_label} and "
+        f"{y_label}; on the right all features squeezed into two dimensions. Well separated colours mean "
+        "distinct segments."
     )
-    caption = f"Sample of customers: {y} against {x}, and a PCA projection of all numeric features."
-    return _section("Customers by segment", how, _figure(figure, caption, f"scatter of {y} against {x}"))
+    figure_data = {
+        "src": _png(figure),
+        "alt": f"scatter of {y} against {x}",
+        "caption": (
+            f"Sample of customers: {y_label} against {x_label}, and a PCA projection of all numeric features."
+        ),
+    }
+    return Section("figure", "Customers by segment", how, {"figure": figure_data})
 
 
-def _profile_table(profiles: pd.DataFrame, numeric: list[str]) -> str:
-    table = pd.DataFrame(
-        {
-            "segment": [
-                f'<span class="swatch" style="background:{colour(s)}"></span>{s}' for s in profiles[SEGMENT]
-            ],
-            "name": [_e(n) for n in profiles["segment_name"]],
-            "customers": [_number(int(n)) for n in profiles["size"]],
-            "share": [f"{s:.1%}" for s in profiles["share"]],
-        }
-    )
-    for c in numeric:
-        table[f"{c}<br>mean (median)"] = [
-            f"{_number(m)} ({_number(md)})"
-            for m, md in zip(profiles[f"{c}_mean"], profiles[f"{c}_median"], strict=True)
-        ]
-    if "action" in profiles:
-        table["suggested action"] = [_e(a) if isinstance(a, str) else "–" for a in profiles["action"]]
-    shares = [c for c in profiles.columns if c.endswith("_share") and not c.startswith("audit_")]
-    audit = [c for c in profiles.columns if c.startswith("audit_") and c.endswith("_share")]
-    body = _table(table, left=("segment", "name", "suggested action"))
-    extra = ""
-    for title, columns in (
-        ("Category mix (share within the segment)", shares),
-        ("Audit only: sensitive attributes, never used as features", audit),
-    ):
-        if columns:
-            mix = pd.DataFrame({"segment": [_e(s) for s in profiles[SEGMENT]]})
-            for c in columns:
-                mix[_e(c.removesuffix("_share"))] = [f"{v:.1%}" for v in profiles[c]]
-            extra += f"<h3>{_e(title)}</h3>" + _table(mix, left=("segment",))
+def _cloud(sample: pd.DataFrame, numeric: list[str], names: dict, display: dict[str, str]) -> Section | None:
+    """The sample in the space of its first three principal components, for the interactive 3-D view."""
+    if sample.empty or len(numeric) < 3:
+        return None
+    scores, loadings, variance = principal_components(_standardised(sample, numeric), 3)
+    scores = scores / max(float(np.abs(scores).max()), 1e-12)
+    axes = []
+    for i in range(3):
+        top = np.argsort(-np.abs(loadings[i]), kind="stable")[:2]
+        drivers = ", ".join(display.get(numeric[j], numeric[j]) for j in top)
+        axes.append(f"PC{i + 1} ({variance[i]:.0%} of the spread; mostly {drivers})")
+    segments = sorted(int(s) for s in sample[SEGMENT].unique())
+    cloud = {
+        "points": np.round(scores, CLOUD_DIGITS).tolist(),
+        "segment": [int(s) for s in sample[SEGMENT]],
+        "colours": {str(s): colour(s) for s in segments},
+        "axes": axes,
+    }
+    legend = [{"segment": s, "name": names.get(s, ""), "colour": colour(s)} for s in segments]
     how = (
-        "Averages per segment in the original units (median in brackets), and the action the playbook "
-        "suggests. Segment numbers keep their meaning from run to run."
+        f"The same {len(sample):,} customers in three dimensions: the first three principal components of "
+        "all numeric features. Drag to turn the view, scroll to zoom, click a segment to hide or show it. "
+        "It runs in the page itself, offline."
     )
-    return _section("Segment profiles", how, body + extra)
+    return Section(
+        "cloud", "Customers in 3-D (interactive)", how, {"cloud": cloud, "legend": legend, "axes": axes}
+    )
 
 
-def _acting(manifest: dict[str, Any]) -> str:
-    """Rules, outliers and control groups per segment (issue 16; everything from the manifest)."""
+def _acting(manifest: dict[str, Any]) -> Section | None:
+    """Rules, outliers and control groups per segment (everything from the manifest)."""
     table = act_table(manifest)
     if table.empty or len(table.columns) <= 2:
-        return ""
-    table = table.map(_e)
-    return _section(
-        "Acting on the segments", act_text(manifest), _table(table, left=("segment", "name", "rule"))
+        return None
+    rows = [[str(v) for v in row] for row in table.itertuples(index=False, name=None)]
+    grid = Table(list(table.columns), rows, left=3 if "rule" in table.columns else 2)
+    return Section("table", "Acting on the segments", act_text(manifest), {"table": grid})
+
+
+def _profiles(profiles: pd.DataFrame, numeric: list[str], display: dict[str, str]) -> Section:
+    segments = [
+        {
+            "segment": int(row[SEGMENT]),
+            "colour": colour(row[SEGMENT]),
+            "name": row["segment_name"],
+            "customers": number(int(row["size"])),
+            "share": f"{row['share']:.1%}",
+            "action": row["action"] if isinstance(row.get("action"), str) else "–",
+        }
+        for _, row in profiles.iterrows()
+    ]
+    # one row per feature, one column per segment: as many features as there are fit the screen
+    head = [
+        "feature: mean (median)",
+        *[f"{s}: {n}" for s, n in zip(profiles[SEGMENT], profiles["segment_name"], strict=True)],
+    ]
+    averages = Table(
+        head=head,
+        rows=[
+            [
+                display.get(c, c),
+                *[
+                    f"{number(m)} ({number(md)})"
+                    for m, md in zip(profiles[f"{c}_mean"], profiles[f"{c}_median"], strict=True)
+                ],
+            ]
+            for c in numeric
+        ],
+    )
+    mixes = []
+    for title, prefix in (
+        ("Category mix (share within the segment)", ""),
+        ("Audit only: sensitive attributes, never used as features", "audit_"),
+    ):
+        columns = [
+            c
+            for c in profiles.columns
+            if c.endswith("_share") and (c.startswith("audit_") if prefix else not c.startswith("audit_"))
+        ]
+        if columns:
+            rows = [
+                [c.removeprefix(prefix).removesuffix("_share"), *[f"{v:.1%}" for v in profiles[c]]]
+                for c in columns
+            ]
+            mixes.append(
+                {
+                    "title": title,
+                    "table": Table(head=["value", *[str(s) for s in profiles[SEGMENT]]], rows=rows),
+                }
+            )
+    how = (
+        "Each segment with the action the playbook suggests, then the averages per segment in the original "
+        "units (median in brackets). Segment numbers keep their meaning from run to run."
+    )
+    return Section(
+        "profiles", "Segment profiles", how, {"segments": segments, "averages": averages, "mixes": mixes}
     )
 
 
-def _migration(manifest: dict[str, Any]) -> str:
+def _migration(manifest: dict[str, Any]) -> Section | None:
     migration = manifest.get("migration")
     if not migration:
-        return ""
+        return None
     moves = pd.DataFrame(migration["matrix"])
     label = {-1: "not in that run"}
     matrix = moves.pivot_table(index="from", columns="to", values="customers", aggfunc="sum", fill_value=0)
-    matrix.index = [f"was {label.get(i, i)}" for i in matrix.index]
-    matrix.columns = [f"now {label.get(c, c)}" for c in matrix.columns]
-    matrix = matrix.map(lambda v: _number(int(v)))
-    matrix.insert(0, "", matrix.index)
+    table = Table(
+        head=["", *[f"now {label.get(c, c)}" for c in matrix.columns]],
+        rows=[
+            [f"was {label.get(i, i)}", *[number(int(v)) for v in row]]
+            for i, row in zip(matrix.index, matrix.to_numpy(), strict=True)
+        ],
+    )
     how = (
         f"How customers moved since run {migration['previous_run']}: rows are their segment then, columns "
-        "now. "
-        "The diagonal holds those who stayed."
+        "now. The diagonal holds those who stayed."
     )
-    return _section("Movement since the previous run", how, _table(matrix, left=("",)))
+    return Section("table", "Movement since the previous run", how, {"table": table})
 
 
-def _details(manifest: dict[str, Any]) -> str:
-    timings = pd.DataFrame(
-        {
-            "step": list(manifest.get("timings", {})),
-            "seconds": [f"{v:.1f}" for v in manifest.get("timings", {}).values()],
-        }
-    )
+def _details(manifest: dict[str, Any]) -> Section:
+    timings = manifest.get("timings", {})
     versions = ", ".join(f"{k} {v}" for k, v in manifest.get("versions", {}).items())
-    body = (
-        f"<p>Run {_e(manifest['run_id'])}, started {_e(manifest.get('started_at', ''))}, "
-        f"finished {_e(manifest.get('finished_at', ''))} on {_e(manifest.get('spark_master', ''))}; "
-        f"{_e(versions)}.</p>" + (_table(timings, left=("step",)) if len(timings) else "")
+    text = (
+        f"Run {manifest['run_id']}, started {manifest.get('started_at', '')}, finished "
+        f"{manifest.get('finished_at', '')} on {manifest.get('spark_master', '')}; {versions}."
     )
-    return _section("Run details", "For the data team: where the time went, and what ran.", body)
+    table = Table(head=["step", "seconds"], rows=[[step, f"{v:.1f}"] for step, v in timings.items()])
+    data = {"text": text, "table": table if timings else None}
+    return Section("details", "Run details", "For the data team: where the time went, and what ran.", data)
 
 
 def read_run_tables(

@@ -22,6 +22,7 @@ from scipy.optimize import linear_sum_assignment
 from segspark.metrics import CLUSTER, SEGMENT
 from segspark.prepare import FEATURES
 from segspark.sweep import PROBABILITY, max_probability
+from segspark.validate import col
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def assignments(
     """The assignments table: customer_id, segment, segment_name, distance (+ probability for mixtures)."""
     mixture = [max_probability().alias("probability")] if PROBABILITY in segmented.columns else []
     return segmented.select(
-        F.col(id_column).alias(OUTPUT_ID),
+        col(id_column).alias(OUTPUT_ID),
         F.col(SEGMENT),
         lookup(names, F.col(SEGMENT)).alias("segment_name"),
         distance_to_center(centers).alias("distance"),

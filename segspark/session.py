@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import ctypes.util
 import logging
 import os
 import re
 import tempfile
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 
 from segspark.config import SparkSettings
+from segspark.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 APP_NAME = "segspark"
+LOG4J2_CONFIG = Path(__file__).with_name("log4j2.properties")  # for the driver JVM of local sessions
+# Loggers whose warnings a successful run raises on purpose or that nobody can act on (see
+# log4j2.properties); set again once the session runs, for JVMs started without that file.
+QUIET_LOGGERS = (
+    "org.apache.spark.ml.util.Instrumentation",  # "Input vectors will be blockified ... double caching"
+    "dev.ludovic.netlib",  # no native BLAS: the Java implementation is used
+    "org.apache.hadoop.util.NativeCodeLoader",
+)
+ALLOW_NATIVE_BLAS = "dev.ludovic.netlib.blas.allowNative"
 
 
 def launched_by_spark_submit() -> bool:
@@ -43,7 +55,9 @@ def local_defaults(master: str) -> dict[str, str]:
         "spark.sql.shuffle.partitions": partitions,
         "spark.default.parallelism": partitions,
         "spark.sql.warehouse.dir": os.path.join(scratch, "warehouse"),
-        "spark.driver.extraJavaOptions": f"-Dderby.system.home={os.path.join(scratch, 'derby')}",
+        "spark.driver.extraJavaOptions": (
+            f"-Dderby.system.home={os.path.join(scratch, 'derby')} -Dlog4j2.configurationFile={LOG4J2_CONFIG}"
+        ),
         "spark.ui.showConsoleProgress": "false",
     }
 
@@ -56,11 +70,13 @@ def get_session(settings: SparkSettings) -> SparkSession:
     """
     active = SparkSession.getActiveSession()
     if active is not None:
+        check_spark_conf(active, settings.effective_conf())
         return active
     builder = SparkSession.builder.appName(APP_NAME)
     wanted = settings.effective_conf()
     if launched_by_spark_submit():
         session = builder.getOrCreate()
+        check_spark_conf(session, wanted)  # a bad value is a config error, not a setting to ignore
         conf = session.sparkContext.getConf()
         for key, value in wanted.items():
             if not conf.contains(key):
@@ -73,12 +89,69 @@ def get_session(settings: SparkSettings) -> SparkSession:
         builder = builder.master(settings.master)
         for key, value in merged.items():
             builder = builder.config(key, value)
-        session = builder.getOrCreate()
+        try:
+            session = builder.getOrCreate()
+        except Exception as exc:  # a core setting Spark cannot use stops the JVM from starting
+            error = _setting_error(exc, wanted)
+            if error is None:
+                raise
+            raise error from None
+        try:
+            check_spark_conf(session, wanted)
+        except ConfigError:
+            session.stop()  # its SQL state cannot be built with the bad value: the session is unusable
+            raise
     session.sparkContext.setLogLevel(settings.log_level)
+    if settings.log_level == "WARN":
+        quiet_logs(session)
     # profiles aggregate a few columns per feature; keep Spark from warning about long plan strings
     session.conf.set("spark.sql.debug.maxToStringFields", "1000")
     log.info("Spark %s, master %s", session.version, session.sparkContext.master)
     return session
+
+
+def quiet_logs(session: SparkSession) -> None:
+    """Keep a successful run's log to segspark's progress lines: the QUIET_LOGGERS at ERROR, and no
+    attempt to load a native BLAS the machine does not have (its loader prints a ``dlopen`` failure
+    from C, past any log setting; Spark then uses its Java BLAS anyway)."""
+    jvm = session.sparkContext._jvm
+    error = jvm.org.apache.logging.log4j.Level.ERROR
+    for name in QUIET_LOGGERS:
+        jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(name, error)
+    local = session.sparkContext.master.startswith("local")
+    if (
+        local
+        and ctypes.util.find_library("blas") is None
+        and jvm.java.lang.System.getProperty(ALLOW_NATIVE_BLAS) is None
+    ):
+        jvm.java.lang.System.setProperty(ALLOW_NATIVE_BLAS, "false")
+
+
+def check_spark_conf(session: SparkSession, conf: dict[str, str]) -> None:
+    """Every ``spark.sql.*`` value of ``conf`` checked by Spark's own converter, before any work: a bad
+    one would otherwise fail the first query with a JVM stack trace instead of naming the key."""
+    jvm = session.sparkContext._jvm
+    probe = jvm.org.apache.spark.sql.internal.SQLConf()  # a scratch copy: nothing is applied
+    for key, value in conf.items():
+        if not key.startswith("spark.sql."):
+            continue
+        try:
+            probe.setConfString(key, str(value))
+        except Exception as exc:
+            raise _setting_error(exc, {key: value}) from None
+
+
+def _setting_error(exc: Exception, conf: dict[str, str]) -> ConfigError | None:
+    """A ConfigError naming the setting of ``conf`` that Spark's message is about (None: none is)."""
+    text = str(exc)
+    key = next((k for k in conf if k in text), None)
+    if key is None:
+        return None
+    reason = text.strip().splitlines()[0]
+    reason = re.sub(r"^\[[A-Z_.]+\]\s*|\s*SQLSTATE: \w+$", "", reason)
+    return ConfigError(
+        f"spark.conf.{key}: Spark cannot use the value {conf[key]!r} ({reason}); fix or remove the setting"
+    )
 
 
 def event_log_dir(session: SparkSession) -> str | None:

@@ -24,7 +24,12 @@ log = logging.getLogger(__name__)
 PANDAS_INDEX = "__index_level_"  # the index pandas writes to parquet: a row number, never a feature
 CORRUPT_RECORD = "_corrupt_record"  # Spark's column for csv/json lines it cannot parse (see lake.py)
 DUPLICATE = "duplicate customer id (another row with this id is used)"
+MISSING_ID = "missing customer id"
 REASON = "reason"
+SEPARATORS = (";", "\t", "|")  # what a csv that is not comma-separated is usually separated by
+DECIMAL_COMMA = re.compile(r"[-+]?(\d{1,3}(\.\d{3})+|\d+),\d+")  # 1,5  -12,75  2.345,25
+DECIMAL_COMMA_SAMPLE = 200  # rows looked at to tell a decimal-comma column
+PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 VALUES = "values"
 
 
@@ -45,6 +50,16 @@ class FeatureSpec:
         return [*self.numeric, *self.categorical]
 
 
+def quoted(name: str) -> str:
+    """A column name as Spark SQL reads it, whatever it holds (dots, spaces, dashes, backticks)."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+def col(name: str) -> Column:
+    """A column by its exact name: ``F.col("spend.score")`` would look for field ``score`` of a struct."""
+    return F.col(quoted(name))
+
+
 def sensitive_match(column: str, sensitive: list[str]) -> str | None:
     """The sensitive term a column name contains as whole words (``customer_gender`` -> ``gender``)."""
     words = _words(column)
@@ -61,17 +76,78 @@ def _words(name: str) -> list[str]:
     return [w for w in re.split(r"[^a-z0-9]+", spaced.lower()) if w]
 
 
+def separator_hint(columns: list[str], options_key: str) -> str | None:
+    """A hint when a csv was read with the wrong separator: its one column's name holds the header."""
+    columns = [c for c in columns if c != CORRUPT_RECORD]
+    if len(columns) != 1:
+        return None
+    separator = next((s for s in SEPARATORS if s in columns[0]), None)
+    if separator is None:
+        return None
+    shown = "\\t" if separator == "\t" else separator
+    return (
+        f"the header looks {shown}-separated ({columns[0]!r} was read as one column): "
+        f'set {options_key}: {{sep: "{shown}"}}'
+    )
+
+
+def decimal_comma_columns(df: DataFrame, columns: list[str]) -> list[str]:
+    """The text columns of ``columns`` whose values are mostly numbers written with a decimal comma
+    (``1,5``, ``2.345,25``), judged on the first DECIMAL_COMMA_SAMPLE rows: a small job."""
+    text = [c for c in columns if isinstance(df.schema[c].dataType, T.StringType)]
+    if not text:
+        return []
+    rows = df.select(*[col(c) for c in text]).limit(DECIMAL_COMMA_SAMPLE).collect()
+    found = []
+    for i, column in enumerate(text):
+        values = [str(r[i]).strip() for r in rows if r[i] is not None and str(r[i]).strip()]
+        commas = sum(bool(DECIMAL_COMMA.fullmatch(v)) for v in values)
+        if values and commas >= len(values) / 2:
+            found.append(column)
+    return found
+
+
+def decimal_comma_message(df: DataFrame, columns: list[str], id_column: str, source: str) -> str:
+    """What to do about decimal commas: Spark's ``locale`` option and a DECIMAL type for the column."""
+
+    def ddl_type(field: T.StructField) -> str:
+        if field.name == id_column:
+            return "STRING"
+        return "DECIMAL(18,4)" if field.name in columns else field.dataType.simpleString().upper()
+
+    schema = ", ".join(
+        f"{f.name if PLAIN.fullmatch(f.name) else quoted(f.name)} {ddl_type(f)}"
+        for f in df.schema.fields
+        if f.name != CORRUPT_RECORD
+    )
+    return (
+        f"{', '.join(columns)}: numbers written with a decimal comma (like 1,5) are read as text. Read "
+        f"them as numbers with Spark's locale option and a DECIMAL type: {source}.options: "
+        f'{{locale: "de-DE"}} (the language tag of the file) and {source}.schema: "{schema}"'
+    )
+
+
 def resolve_features(
-    df: DataFrame, id_column: str, settings: FeatureSettings, exclude: tuple[str, ...] = ()
+    df: DataFrame,
+    id_column: str,
+    settings: FeatureSettings,
+    source: str = "input.customers",
+    exclude: tuple[str, ...] = (),
 ) -> FeatureSpec:
     """Check the id and feature columns against the schema and apply the sensitive-attribute guard.
-    ``exclude``: columns that are never features (the consent flag)."""
+
+    ``source``: the config key of the input, for the hints in messages. ``exclude``: columns that are
+    never features (the consent flag).
+    """
     available = df.columns
     listing = ", ".join(available)
     if id_column not in available:
+        hint = separator_hint(available, f"{source}.options")
+        if hint:
+            raise InputDataError(f"id column {id_column!r} is not in the input: {hint}")
         raise InputDataError(
             f"id column {id_column!r} is not in the input; columns are: {listing}. "
-            "Set input.customers.id_column to the customer id column."
+            f"Set {source}.id_column to the customer id column."
         )
     for key, columns in (
         ("numeric", settings.numeric),
@@ -109,13 +185,7 @@ def resolve_features(
                 numeric.append(f.name)
         if excluded:
             log.warning("left out of the features as sensitive attributes: %s", ", ".join(excluded))
-        if not_numeric:
-            log.warning(
-                "left out of the features as not numeric: %s. A number column with a stray text value "
-                "reads as text from csv: list it in features.numeric to use it (rows whose value is not "
-                "a number are then rejected), or in features.categorical",
-                ", ".join(not_numeric),
-            )
+        _warn_not_numeric(df, not_numeric, id_column, source)
     for column in settings.log:
         if column not in numeric:
             raise ConfigError(
@@ -137,6 +207,10 @@ def resolve_features(
             f"no feature columns: the input has no numeric column besides {id_column!r} "
             f"(columns: {listing}). List the features in features.numeric / features.categorical."
         )
+    if settings.numeric:
+        commas = decimal_comma_columns(df, numeric)
+        if commas:
+            raise InputDataError(decimal_comma_message(df, commas, id_column, source))
     for column in numeric:
         if not isinstance(df.schema[column].dataType, (T.NumericType, T.StringType)):
             raise InputDataError(
@@ -154,9 +228,48 @@ def resolve_features(
     )
 
 
+def _warn_not_numeric(df: DataFrame, columns: list[str], id_column: str, source: str) -> None:
+    """One warning per kind of column left out of the default features, with the real reason."""
+    kinds: dict[str, list[str]] = {}
+    commas = decimal_comma_columns(df, columns)
+    for column in columns:
+        data_type = df.schema[column].dataType
+        if column in commas:
+            kind = "decimal commas"
+        elif isinstance(data_type, T.BooleanType):
+            kind = "boolean"
+        elif isinstance(data_type, T.DateType | T.TimestampType | T.TimestampNTZType):
+            kind = "date"
+        elif isinstance(data_type, T.StringType):
+            kind = "text"
+        else:
+            kind = "other"
+        kinds.setdefault(kind, []).append(column)
+    reasons = {
+        "boolean": "they are true/false (boolean) columns: list them in features.categorical to use them",
+        "date": (
+            "they are dates or timestamps, which are no measure by themselves: derive a number from "
+            "them before segmenting, such as the days since (datediff(current_date(), <column>)), "
+            "and list that in features.numeric"
+        ),
+        "text": (
+            "they are text. A number column with a stray text value reads as text from csv: list it in "
+            "features.numeric to use it (rows whose value is not a number are then rejected), or in "
+            "features.categorical"
+        ),
+        "other": "their types are not numbers (arrays, maps, structs, binary): list a plain column instead",
+    }
+    for kind, names in kinds.items():
+        if kind == "decimal commas":
+            log.warning("left out of the features: %s", decimal_comma_message(df, names, id_column, source))
+            continue
+        types = ", ".join(f"{c} ({df.schema[c].dataType.simpleString()})" for c in names)
+        log.warning("left out of the features: %s: %s", types, reasons[kind])
+
+
 def as_double(column: str) -> Column:
     """A numeric column as double; text that is not a number becomes NULL instead of failing the job."""
-    return F.expr(f"try_cast(`{column}` AS DOUBLE)")
+    return F.expr(f"try_cast({quoted(column)} AS DOUBLE)")
 
 
 def with_reject_reason(
@@ -170,11 +283,11 @@ def with_reject_reason(
     row with a reason, its raw feature ``values`` as JSON. ``keep`` columns (not features: e.g. the
     sensitive ones profiled for the audit) are passed through as they are. With ``consent``, a row
     without consent is rejected before any other check, and its values are not kept."""
-    checks: list[Column] = [F.when(F.col(spec.id_column).isNull(), F.lit("missing customer id"))]
+    checks: list[Column] = [F.when(is_blank(col(spec.id_column)), F.lit(MISSING_ID))]
     if CORRUPT_RECORD in df.columns:
         checks.insert(0, F.when(F.col(CORRUPT_RECORD).isNotNull(), F.lit("malformed line")))
     for column in spec.numeric:
-        raw, value = F.col(column), as_double(column)
+        raw, value = col(column), as_double(column)
         # blank text counts as missing, like an empty csv field; other text that is no number does not
         not_a_number = raw.isNotNull() & (F.trim(raw.cast("string")) != "") & value.isNull()
         checks.append(F.when(not_a_number, F.lit(f"non-numeric value in {column}")))
@@ -187,21 +300,21 @@ def with_reject_reason(
             )
     if missing == "reject":
         for column in spec.categorical:
-            checks.append(F.when(F.col(column).isNull(), F.lit(f"missing value in {column}")))
+            checks.append(F.when(col(column).isNull(), F.lit(f"missing value in {column}")))
     if consent is not None:
         checks.insert(0, F.when(~has_consent(consent), F.lit(NO_CONSENT)))
     reason = F.coalesce(*checks)
     # the offending row as it was read (the whole line when it was malformed), for the rejects table
-    values = F.to_json(F.struct(*[F.col(c) for c in spec.columns]))
+    values = F.to_json(F.struct(*[col(c) for c in spec.columns]))
     if CORRUPT_RECORD in df.columns:
         values = F.coalesce(F.col(CORRUPT_RECORD), values)
     if consent is not None:  # nothing of a customer without consent is kept, not even in rejects
         values = F.when(has_consent(consent), values)
     checked = df.select(
-        F.col(spec.id_column),
+        col(spec.id_column),
         *[as_double(c).alias(c) for c in spec.numeric],
-        *[F.col(c).cast("string").alias(c) for c in spec.categorical],
-        *[F.col(c) for c in keep],
+        *[col(c).cast("string").alias(c) for c in spec.categorical],
+        *[col(c) for c in keep],
         reason.alias(REASON),
         F.when(reason.isNotNull(), values).alias(VALUES),
     )
@@ -213,14 +326,19 @@ def with_reject_reason(
 def _refuse_for_every_row(checked: DataFrame, spec: FeatureSpec) -> DataFrame:
     """A customer who refused consent on one row refused it: every row with their id is rejected."""
     by_id = Window.partitionBy(spec.id_column)
-    refused = F.col(spec.id_column).isNotNull() & F.coalesce(
+    refused = col(spec.id_column).isNotNull() & F.coalesce(
         F.max((F.col(REASON) == F.lit(NO_CONSENT)).cast("int")).over(by_id) == 1, F.lit(False)
     )
     return checked.select(
-        *[F.col(c) for c in checked.columns if c not in (REASON, VALUES)],
+        *[col(c) for c in checked.columns if c not in (REASON, VALUES)],
         F.when(refused, F.lit(NO_CONSENT)).otherwise(F.col(REASON)).alias(REASON),
         F.when(~refused, F.col(VALUES)).alias(VALUES),
     )
+
+
+def is_blank(value: Column) -> Column:
+    """NULL, empty or only spaces: an id like that identifies nobody (``""`` is not a customer)."""
+    return value.isNull() | (F.trim(value.cast("string")) == F.lit(""))
 
 
 def _reject_duplicate_ids(checked: DataFrame, spec: FeatureSpec) -> DataFrame:
@@ -229,13 +347,13 @@ def _reject_duplicate_ids(checked: DataFrame, spec: FeatureSpec) -> DataFrame:
     The choice depends on the values only, never on the input's row order, and the shuffle by id
     leaves the rows in an order that does not depend on it either, so a run is deterministic.
     """
-    order = [F.col(REASON).isNotNull(), *[F.col(c).asc_nulls_last() for c in spec.columns]]
-    rank = F.row_number().over(Window.partitionBy(spec.id_column).orderBy(*order))
-    is_duplicate = F.col(REASON).isNull() & F.col(spec.id_column).isNotNull() & (rank > 1)
+    order = [F.col(REASON).isNotNull(), *[col(c).asc_nulls_last() for c in spec.columns]]
+    rank = F.row_number().over(Window.partitionBy(col(spec.id_column)).orderBy(*order))
+    is_duplicate = F.col(REASON).isNull() & col(spec.id_column).isNotNull() & (rank > 1)
     return checked.select(
-        *[F.col(c) for c in checked.columns if c not in (REASON, VALUES)],
+        *[col(c) for c in checked.columns if c not in (REASON, VALUES)],
         F.when(is_duplicate, F.lit(DUPLICATE)).otherwise(F.col(REASON)).alias(REASON),
-        F.when(is_duplicate, F.to_json(F.struct(*[F.col(c) for c in spec.columns])))
+        F.when(is_duplicate, F.to_json(F.struct(*[col(c) for c in spec.columns])))
         .otherwise(F.col(VALUES))
         .alias(VALUES),
     )
@@ -246,6 +364,6 @@ def split_rejects(checked: DataFrame, spec: FeatureSpec) -> tuple[DataFrame, Dat
     has_reason = F.col(REASON).isNotNull()
     valid = checked.filter(~has_reason).drop(REASON, VALUES)
     rejects = checked.filter(has_reason).select(
-        F.col(spec.id_column).cast("string").alias("customer_id"), F.col(REASON), F.col(VALUES)
+        col(spec.id_column).cast("string").alias("customer_id"), F.col(REASON), F.col(VALUES)
     )
     return valid, rejects

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -144,3 +146,31 @@ def test_event_log_names_each_step_and_each_k(demo_data, tmp_path):
             descriptions.add(event.get("Properties", {}).get("spark.job.description"))
     for step in ["validate", "prepare", "sweep k=4", "sweep k=5", "profile", "write assignments"]:
         assert f"segspark: {step}" in descriptions, sorted(map(str, descriptions))
+
+
+# The one line a Spark 4 JVM prints on start that no log setting reaches (Spark loads the module).
+JVM_NOTICE = "WARNING: Using incubator modules: jdk.incubator.vector"
+
+
+@pytest.mark.slow
+def test_a_successful_run_logs_only_segspark_progress_lines(demo_data, tmp_path):
+    small = tmp_path / "small.parquet"
+    pd.read_parquet(demo_data["customers"]).head(400).to_parquet(small, index=False)
+    config = _config_file(tmp_path, str(small), model={"k": {"min": 2, "max": 3}, "restarts": 1})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_GATEWAY")}
+    done = subprocess.run(
+        [sys.executable, "-m", "segspark", "run", "--config", config],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    foreign = [
+        line
+        for line in done.stderr.splitlines()
+        if line != JVM_NOTICE
+        and not re.match(r"^\d{4}-\d\d-\d\d [\d:,]+ (INFO|WARNING) segspark[.\w]*: ", line)
+    ]
+    assert foreign == []

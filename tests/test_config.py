@@ -146,3 +146,22 @@ def test_input_without_customers_or_orders_names_both_keys():
 def test_orders_as_of_must_be_a_date():
     with pytest.raises(ConfigError, match=r"input\.orders\.as_of: .*'last friday'"):
         settings_from_dict({"input": {"orders": {"path": "o.csv", "as_of": "last friday"}}})
+
+
+def test_malformed_yaml_in_a_set_value_names_the_key_without_internal_names():
+    with pytest.raises(ConfigError) as error:
+        load_settings(None, ["input.customers.path=x.parquet", "model.k={min: 3"])
+    message = str(error.value)
+    assert "could not parse the value of model.k as YAML" in message
+    assert "KRange" not in message and "Error" not in message
+
+
+def test_a_wrong_type_for_k_does_not_show_pydantic_class_names():
+    with pytest.raises(ConfigError) as error:
+        load_settings(None, ["input.customers.path=x.parquet", "model.k=[3, 4]"])
+    assert "model.k:" in str(error.value) and "KRange" not in str(error.value)
+
+
+def test_a_spark_value_that_is_no_yaml_stays_text_for_spark_to_check():
+    settings = load_settings(None, ["input.customers.path=x", "spark.conf.spark.sql.shuffle.partitions={bad"])
+    assert settings.spark.conf == {"spark.sql.shuffle.partitions": "{bad"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -135,3 +137,51 @@ def test_output_path_that_is_a_file_is_refused(spark, tmp_path):
     target.write_text("not a folder")
     with pytest.raises(OutputError, match="is a file"):
         Lake(spark, str(target)).check_writable()
+
+
+def _immutable(path) -> bool:
+    """Make a folder immutable (nothing can be created, renamed or deleted in it, even by root)."""
+    done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, check=False)
+    return done.returncode == 0
+
+
+def test_a_lake_writable_only_below_its_top_is_refused_before_any_work(spark, tmp_path):
+    root = tmp_path / "lake"
+    (root / "_staging").mkdir(parents=True)
+    (root / "runs").mkdir()
+    if not _immutable(root):
+        pytest.skip("chattr +i is not available here")
+    try:
+        with pytest.raises(OutputError, match=r"is not writable: .*the latest file"):
+            Lake(spark, str(root)).check_writable("r1")
+        assert sorted(p.name for p in root.rglob("*")) == ["_staging", "runs"]  # no probe left
+    finally:
+        subprocess.run(["chattr", "-i", str(root)], check=True)
+
+
+def test_latest_that_is_a_folder_is_refused_before_any_work(spark, tmp_path):
+    (tmp_path / "lake" / "latest").mkdir(parents=True)
+    with pytest.raises(OutputError, match=r"latest is a folder"):
+        Lake(spark, str(tmp_path / "lake")).check_writable()
+
+
+def test_a_failed_replace_of_latest_puts_the_run_back_in_staging(spark, tmp_path):
+    root = tmp_path / "lake"
+    lake = Lake(spark, str(root))
+    for run_id in ("r1", "r2"):
+        lake.write_text(f"{lake.staging_dir(run_id)}/manifest.json", run_id)
+        lake.publish(run_id)
+    lake.write_text(f"{lake.staging_dir('r2')}/manifest.json", "r2 again")  # a re-run of r2
+    lake.write_text(f"{lake.staging_dir('r3')}/manifest.json", "r3")
+    (root / "latest").unlink()
+    (root / "latest").mkdir()  # something else took the name: it cannot be replaced by a file
+    (root / "latest" / "x").write_text("x")
+    for run_id in ("r2", "r3"):
+        with pytest.raises(
+            OutputError, match=rf"could not publish run {run_id} .*back in .*_staging/{run_id}"
+        ):
+            lake.publish(run_id)
+    assert sorted(p.name for p in (root / "runs").iterdir()) == ["r1", "r2"]
+    assert (root / "runs" / "r2" / "manifest.json").read_text() == "r2"  # the earlier r2 is back
+    assert sorted(p.name for p in (root / "_staging").iterdir()) == ["r2", "r3"]  # no latest.<id>
+    assert (root / "_staging" / "r2" / "manifest.json").read_text() == "r2 again"

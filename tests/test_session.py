@@ -1,9 +1,14 @@
-"""Session settings that need no Spark: local defaults and what ``spark.event_log`` stands for."""
+"""Session settings: local defaults, what ``spark.event_log`` stands for, Spark settings checked up front."""
 
 from __future__ import annotations
 
+import pytest
+import yaml
+
+from segspark.cli import main
 from segspark.config import SparkSettings
-from segspark.session import local_cores, local_defaults
+from segspark.errors import ConfigError
+from segspark.session import get_session, local_cores, local_defaults
 
 
 def test_local_shuffles_have_one_partition_per_core_and_at_least_two():
@@ -23,3 +28,19 @@ def test_event_log_stands_for_the_two_spark_settings_and_yields_to_explicit_ones
     }
     explicit = SparkSettings(event_log="/a", conf={"spark.eventLog.dir": "hdfs:///history"})
     assert explicit.effective_conf()["spark.eventLog.dir"] == "hdfs:///history"
+
+
+def test_a_bad_spark_sql_setting_is_a_config_error_naming_the_key(spark):
+    settings = SparkSettings(conf={"spark.sql.shuffle.partitions": "{bad"})
+    with pytest.raises(ConfigError, match=r"spark\.conf\.spark\.sql\.shuffle\.partitions: .*'\{bad'"):
+        get_session(settings)
+    assert spark.range(3).groupBy("id").count().count() == 3  # the running session is untouched
+
+
+def test_a_bad_spark_setting_on_the_command_line_exits_2_naming_the_key(spark, tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"input": {"customers": {"path": str(tmp_path / "none")}}}))
+    code = main(["run", "--config", str(config), "--set", "spark.conf.spark.sql.shuffle.partitions={bad"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "spark.sql.shuffle.partitions" in err and "Traceback" not in err
