@@ -249,7 +249,7 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
     rules = None
     if settings.segments.rule_depth > 0 and spec.numeric:
         with step("rules"):
-            missing_as = imputer_medians(preparation)
+            missing_as = imputer_medians(preparation, spec.numeric)
             rules = segment_rules(
                 assigned, spec.numeric, names, missing_as, settings.segments.rule_depth, settings.model.seed
             )

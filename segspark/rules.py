@@ -27,6 +27,7 @@ from pyspark.ml.feature import VectorAssembler
 from pyspark.sql import DataFrame
 
 from segspark.metrics import SEGMENT
+from segspark.prepare import internal_name
 from segspark.segments import lookup
 
 METHODS = ("tree", "per_segment")
@@ -443,10 +444,11 @@ def sql_file(rules: Rules, run_id: str) -> str:
     )
 
 
-def imputer_medians(preparation) -> dict[str, float]:
-    """The medians the fitted preparation imputes for missing numeric features (one small row)."""
+def imputer_medians(preparation, features: list[str]) -> dict[str, float]:
+    """The medians the fitted preparation imputes for missing numeric ``features`` (one small row),
+    by feature name (the Imputer knows a name that is not plain by its internal one)."""
     imputers = [stage for stage in preparation.stages if type(stage).__name__ == "ImputerModel"]
     if not imputers:
         return {}
     row = imputers[0].surrogateDF.first().asDict()
-    return {column: float(value) for column, value in row.items()}
+    return {column: float(row[internal_name(column)]) for column in features if internal_name(column) in row}

@@ -35,8 +35,8 @@ def fail_first_attempt(marker: str):
 
 
 def flaky(read_source, marker: str):
-    def read(spark, source, *args):
-        frame = read_source(spark, source, *args)
+    def read(spark, source, *args, **kwargs):
+        frame = read_source(spark, source, *args, **kwargs)
         rows = frame.rdd.mapPartitionsWithIndex(fail_first_attempt(marker), preservesPartitioning=True)
         return spark.createDataFrame(rows, frame.schema)
 
