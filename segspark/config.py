@@ -172,7 +172,7 @@ class ModelSettings(_Section):
     selection: Literal["silhouette", "elbow", "gap", "calinski_harabasz", "davies_bouldin"] = "silhouette"
     prefer: KRange | None = None  # e.g. {min: 3, max: 5}: the best k inside this range wins
     seed: int = 42
-    max_iter: int = Field(default=20, ge=1)
+    max_iter: int = Field(default=100, ge=1)  # Lloyd (or EM) iterations per start, at most
     # starts per k, at most: from different seeds, until two reach the best objective (see sweep.fit_k)
     restarts: int = Field(default=10, ge=1)
     confirm_tolerance: float = Field(default=1e-3, gt=0, lt=1)  # relative: "the same objective"

@@ -47,8 +47,8 @@ from segspark.features import (
     order_features,
 )
 from segspark.lake import Lake, read_source, small_table, write_table
-from segspark.metrics import SEGMENT
-from segspark.prepare import FEATURES, build_pipeline, clip_bounds, scaler_of, vector_columns
+from segspark.metrics import CLUSTER, SEGMENT
+from segspark.prepare import FEATURES, prepare, scaler_of, vector_columns
 from segspark.profiles import add_audit_shares, check_playbook, profile_segments, small_segments
 from segspark.report import REPORT_FILE, write_report
 from segspark.rules import Rules, imputer_medians, segment_rules, sql_file
@@ -62,7 +62,7 @@ from segspark.segments import (
     with_segment,
 )
 from segspark.session import event_log_dir, get_session
-from segspark.sweep import SweepResult, centers_of, sweep_k
+from segspark.sweep import PROBABILITY, SweepResult, centers_of, fitter_for, spark_model, sweep_k
 from segspark.validate import (
     FeatureSpec,
     col,
@@ -208,23 +208,18 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
             )
 
     with step("prepare"):
-        bounds = clip_bounds(valid, spec, settings.features.clip)
+        prepared = prepare(valid, rows_read - rows_rejected, spec, settings)
+        preparation, bounds = prepared.preparation, prepared.bounds
         manifest["features"]["clip"] = {c: list(b) for c, b in bounds.items()} if bounds else None
-        preparation = build_pipeline(spec, bounds).fit(valid)
-        prepared = (
-            preparation.transform(valid)
-            .select(*[col(c) for c in (spec.id_column, *spec.columns, *audit)], F.col(FEATURES))
-            .persist()
-        )
-        cached.append(prepared)
 
     earlier = _earlier_run(lake)
     with step("sweep"):
         earlier_k = (len(earlier.segments), earlier.run_id) if earlier else None
-        sweep = sweep_k(prepared, settings.model, step.label, earlier_k)
+        fitter = fitter_for(settings.model, spark)
+        sweep = sweep_k(prepared.points, settings.model, fitter, earlier_k, prepared.population)
+        chosen = spark_model(spark, sweep.chosen, settings.model.seed)
     if sweep.near_tie:
         manifest["warnings"].append(f"near tie: {sweep.verdict()}")
-    chosen = sweep.chosen.model
     model = PipelineModel(stages=[*preparation.stages, chosen])
 
     with step("assign"):
@@ -232,14 +227,20 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
         mean, std = scaler.mean.toArray(), scaler.std.toArray()
         centers = np.array(centers_of(chosen))
         centers_unscaled = centers * std + mean
-        clustered = chosen.transform(prepared)
-        stats = sweep.chosen.stats
-        sizes = dict(zip(stats.clusters, stats.counts.astype(int).tolist(), strict=True))
+        outputs = [F.col(CLUSTER)] + (
+            [F.col(PROBABILITY)] if settings.model.algorithm == "gaussian_mixture" else []
+        )
+        clustered = (
+            model.transform(valid)
+            .select(*[col(c) for c in (spec.id_column, *spec.columns, *audit)], F.col(FEATURES), *outputs)
+            .persist()
+        )
+        cached.append(clustered)
+        sizes = {row[CLUSTER]: row["count"] for row in clustered.groupBy(CLUSTER).count().collect()}
         columns = vector_columns(preparation, spec)
         segment_of = segment_ids(centers_unscaled, sizes, mean, std, columns, earlier)
         cluster_of = {segment: cluster for cluster, segment in segment_of.items()}
-        assigned = with_segment(clustered, segment_of).persist()
-        cached.append(assigned)
+        assigned = with_segment(clustered, segment_of)
 
     with step("profile"):
         originals = {segment_of[c]: original_units(centers_unscaled[c], spec) for c in segment_of}

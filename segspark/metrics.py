@@ -1,41 +1,21 @@
-"""Cluster-quality metrics, computed in Spark on the scaled features.
-
-Only per-cluster summaries (k rows) reach the driver: counts, mean vectors, sums of squares.
+"""Cluster-quality metrics of a clustering of the sweep's customers (the sample on the driver, see
+sweep.py), from per-cluster sums: silhouette, WSSSE, Calinski-Harabasz, Davies-Bouldin, the gap
+statistic, and the same sums under bootstrap weights for their noise.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from functools import reduce
 
 import numpy as np
-import pyspark.sql.functions as F
-from pyspark.ml.evaluation import ClusteringEvaluator
-from pyspark.ml.functions import array_to_vector, vector_to_array
-from pyspark.ml.stat import Summarizer
-from pyspark.sql import Column, DataFrame
-
-from segspark.prepare import FEATURES
+from scipy import sparse
 
 CLUSTER = "cluster"  # the clustering's own cluster index
 SEGMENT = "segment"  # the run's segment id (see segments.py)
 
 
-def silhouette(predictions: DataFrame, features_col: str = FEATURES, prediction_col: str = CLUSTER) -> float:
-    """Mean silhouette with squared Euclidean distance, as Spark's ClusteringEvaluator defines it."""
-    evaluator = ClusteringEvaluator(
-        featuresCol=features_col,
-        predictionCol=prediction_col,
-        metricName="silhouette",
-        distanceMeasure="squaredEuclidean",
-    )
-    return float(evaluator.evaluate(predictions))
-
-
 BOOTSTRAP_REPLICATES = 30  # Poisson-weighted replicates of every sum below: the metrics' noise
-# P(Poisson(1) <= w) for w = 0..7: a uniform draw below the w-th bound counts the row w times
-_POISSON_BOUNDS = np.cumsum([math.exp(-1) / math.factorial(w) for w in range(8)]).tolist()
 
 
 @dataclass(frozen=True)
@@ -104,124 +84,61 @@ def _davies_bouldin(means: np.ndarray, spread: np.ndarray) -> float:
     return float(ratio.max(axis=1).mean())
 
 
-def _dot(x: Column, vector: np.ndarray) -> Column:
-    """x . v for an array column x and a constant vector v."""
-    return reduce(lambda total, term: total + term, [x[j] * float(v) for j, v in enumerate(vector)])
-
-
-def poisson_weight(draw: Column) -> Column:
-    """A Poisson(1) draw from a uniform one (a column: a random expression inside the branches below
-    would be drawn only where its branch runs): how often the row appears in a bootstrap resample."""
-    weight = F.lit(len(_POISSON_BOUNDS))
-    for w, bound in reversed(list(enumerate(_POISSON_BOUNDS))):
-        weight = F.when(draw < bound, F.lit(w)).otherwise(weight)
-    return weight.cast("double")
+def poisson_weights(rows: int, replicates: int, seed: int) -> np.ndarray:
+    """How often each row appears in each of ``replicates`` bootstrap resamples (rows x B): Poisson(1)
+    draws, the same for every k fitted to the same rows, so k values are compared on the same resamples."""
+    return np.random.default_rng(seed).poisson(1.0, size=(rows, replicates)).astype(float)
 
 
 def cluster_stats(
-    predictions: DataFrame,
-    features_col: str = FEATURES,
-    prediction_col: str = CLUSTER,
-    replicates: int = BOOTSTRAP_REPLICATES,
-    seed: int = 0,
+    points: np.ndarray, labels: np.ndarray, replicates: int = BOOTSTRAP_REPLICATES, seed: int = 0
 ) -> ClusterStats:
-    """Two passes over the data: counts, means and sums of squares per cluster; then, with those, each
-    customer's distance to its centre and silhouette, summed per cluster, plainly and per bootstrap
-    replicate.
+    """Counts, means and sums of squares per cluster; with those, each customer's distance to its centre
+    and silhouette, summed per cluster, plainly and under Poisson bootstrap weights.
 
     The silhouette is Spark's (ClusteringEvaluator, squared Euclidean): for a customer x in cluster A,
     the mean squared distance to the members of a cluster C is ||x||^2 - 2 x.m_C + mean_C ||y||^2, so
-    it needs only each cluster's count, mean and mean squared norm; a excludes x itself (n_A / (n_A-1))
-    and a customer alone in its cluster scores 0.
+    it needs only each cluster's count, mean and mean squared norm (O(n k d), never the n^2 of pairwise
+    distances); a excludes x itself (n_A / (n_A-1)) and a customer alone in its cluster scores 0.
     """
-    x = vector_to_array(F.col(features_col))
-    squares = F.aggregate(x, F.lit(0.0), lambda total, v: total + v * v)
-    rows = (
-        predictions.groupBy(prediction_col)
-        .agg(
-            F.count(F.lit(1)).alias("n"),
-            Summarizer.mean(F.col(features_col)).alias("mean"),
-            F.sum(squares).alias("squares"),
-        )
-        .orderBy(prediction_col)
-        .collect()
-    )
-    clusters = [r[prediction_col] for r in rows]
-    counts = np.array([r["n"] for r in rows], dtype=float)
-    means = np.array([r["mean"].toArray() for r in rows])
-    squared_norms = np.array([r["squares"] for r in rows])
-    # sum ||x - m||^2 = sum ||x||^2 - n ||m||^2: exact in the scaled space, where values are O(1)
-    within = np.maximum(squared_norms - counts * (means**2).sum(axis=1), 0.0)
+    clusters, own = np.unique(labels, return_inverse=True)
+    n, k = len(own), len(clusters)
+    rows = np.arange(n)
+    members = sparse.csr_matrix((np.ones(n), (own, rows)), shape=(k, n))  # cluster x customer
+    counts = np.bincount(own, minlength=k).astype(float)
+    means = (members @ points) / counts[:, None]
+    xx = np.einsum("ij,ij->i", points, points)
+    squared_norms = members @ xx
+    dots = points @ means.T  # n x k
+    to_members = xx[:, None] - 2 * dots + (squared_norms / counts)[None, :]
+    size = counts[own]
+    a = to_members[rows, own] * size / np.maximum(size - 1, 1)
+    coefficient = np.zeros(n)
+    if k > 1:
+        to_members[rows, own] = np.inf
+        b = to_members.min(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            coefficient = np.select([size <= 1, a < b, a > b], [0.0, 1 - a / b, b / a - 1], 0.0)
+    squared = np.maximum(xx - 2 * dots[rows, own] + (means**2).sum(axis=1)[own], 0.0)
+    distance = np.sqrt(squared)
+    weights = poisson_weights(n, replicates, seed)
 
-    own = F.col(prediction_col)
-    per_row = predictions.select(own.alias(prediction_col), x.alias("x"), squares.alias("xx")).select(
-        prediction_col,
-        "xx",
-        *[_dot(F.col("x"), m).alias(f"dot{i}") for i, m in enumerate(means)],
-        *[F.rand(seed * 1_000 + b).alias(f"u{b}") for b in range(replicates)],
-    )
-    xx = F.col("xx")
-    # mean squared distance to the members of each cluster, and to each centre
-    to_members = [
-        xx - 2 * F.col(f"dot{i}") + float(q / n)
-        for i, (q, n) in enumerate(zip(squared_norms, counts, strict=True))
-    ]
-    to_centre = [xx - 2 * F.col(f"dot{i}") + float(m @ m) for i, m in enumerate(means)]
-
-    def of_own(values: list) -> Column:
-        choice = F.lit(None)
-        for c, value in zip(clusters, values, strict=True):
-            choice = F.when(own == c, value).otherwise(choice)
-        return choice
-
-    size = of_own([F.lit(float(n)) for n in counts])
-    a = of_own(to_members) * size / (size - 1)
-    b = F.least(*[F.when(own != c, v) for c, v in zip(clusters, to_members, strict=True)])
-    coefficient = (
-        F.when(size <= 1, 0.0).when(a < b, 1 - a / b).when(a > b, b / a - 1).otherwise(0.0)
-        if len(clusters) > 1
-        else F.lit(0.0)
-    )
-    squared = F.greatest(of_own(to_centre), F.lit(0.0))
-    measures = per_row.select(
-        own.alias(prediction_col),
-        squared.alias("sq"),
-        F.sqrt(squared).alias("d"),
-        coefficient.alias("s"),
-        *[poisson_weight(F.col(f"u{b}")).alias(f"w{b}") for b in range(replicates)],
-    )
-    sums = {
-        r[prediction_col]: r
-        for r in measures.groupBy(prediction_col)
-        .agg(
-            F.sum("d").alias("d"),
-            F.sum("s").alias("s"),
-            *[
-                F.sum(F.col(f"w{b}") * F.col(name)).alias(f"{name}{b}")
-                for b in range(replicates)
-                for name in ("sq", "d", "s")
-            ],
-            *[F.sum(f"w{b}").alias(f"n{b}") for b in range(replicates)],
-        )
-        .collect()
-    }
-    ordered = [sums[c] for c in clusters]
-
-    def per_replicate(name: str) -> np.ndarray:
-        return np.array([[r[f"{name}{b}"] for r in ordered] for b in range(replicates)], dtype=float)
+    def per_replicate(values: np.ndarray) -> np.ndarray:  # B x k
+        return (members @ (weights * values[:, None])).T
 
     return ClusterStats(
-        clusters=clusters,
+        clusters=clusters.tolist(),
         counts=counts,
         means=means,
-        within=within,
-        spread=np.array([r["d"] for r in ordered]) / counts,
-        silhouettes=np.array([r["s"] for r in ordered], dtype=float),
+        # sum ||x - m||^2 = sum ||x||^2 - n ||m||^2: exact in the scaled space, where values are O(1)
+        within=np.maximum(squared_norms - counts * (means**2).sum(axis=1), 0.0),
+        spread=(members @ distance) / counts,
+        silhouettes=members @ coefficient,
         replicates={
-            "weights": per_replicate("n"),
-            "within": per_replicate("sq"),
-            "distances": per_replicate("d"),
-            "silhouettes": per_replicate("s"),
+            "weights": (members @ weights).T,
+            "within": per_replicate(squared),
+            "distances": per_replicate(distance),
+            "silhouettes": per_replicate(coefficient),
         },
     )
 
@@ -239,48 +156,17 @@ def knee_scores(ks: list[int], values: list[float]) -> np.ndarray:
     return (1 - x) - y
 
 
-def adjusted_rand(predictions: DataFrame, a: str, b: str) -> float:
-    """Adjusted Rand index (Hubert & Arabie 1985) of two labelings, from their contingency table."""
-    table = np.array([r["n"] for r in predictions.groupBy(a, b).agg(F.count(F.lit(1)).alias("n")).collect()])
-    rows = np.array([r["n"] for r in predictions.groupBy(a).agg(F.count(F.lit(1)).alias("n")).collect()])
-    cols = np.array([r["n"] for r in predictions.groupBy(b).agg(F.count(F.lit(1)).alias("n")).collect()])
-
-    def pairs(counts: np.ndarray) -> float:
-        return float((counts * (counts - 1) / 2).sum())
-
-    n = rows.sum()
-    index, expected = pairs(table), pairs(rows) * pairs(cols) / (n * (n - 1) / 2)
-    maximum = (pairs(rows) + pairs(cols)) / 2
-    return 1.0 if maximum == expected else (index - expected) / (maximum - expected)
-
-
 @dataclass(frozen=True)
 class Gap:
     gap: float
     sd: float  # s_k = sd of the reference log(W) * sqrt(1 + 1/B)
 
 
-def reference_sets(
-    prepared: DataFrame, references: int, seed: int, features_col: str = FEATURES
-) -> list[DataFrame]:
+def reference_sets(points: np.ndarray, references: int, seed: int) -> list[np.ndarray]:
     """B data sets drawn uniformly over the bounding box of the scaled features, each of the same size."""
-    bounds = prepared.agg(
-        Summarizer.min(F.col(features_col)).alias("lo"), Summarizer.max(F.col(features_col)).alias("hi")
-    ).first()
-    low, high = bounds["lo"].toArray(), bounds["hi"].toArray()
-    rows = prepared.count()
-    partitions = max(1, prepared.rdd.getNumPartitions())
-    sets = []
-    for b in range(references):
-        draws = [
-            F.rand(seed + 1000 * b + j) * float(high[j] - low[j]) + float(low[j]) for j in range(len(low))
-        ]
-        sets.append(
-            prepared.sparkSession.range(0, rows, numPartitions=partitions).select(
-                array_to_vector(F.array(*draws)).alias(features_col)
-            )
-        )
-    return sets
+    rng = np.random.default_rng(seed)
+    low, high = points.min(axis=0), points.max(axis=0)
+    return [rng.uniform(low, high, size=points.shape) for _ in range(references)]
 
 
 def gap_statistic(log_w: float, reference_log_w: list[float]) -> Gap:

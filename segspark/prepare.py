@@ -1,14 +1,18 @@
 """The preprocessing Pipeline: impute, log1p, one-hot, VectorAssembler, StandardScaler.
 
 All of it is Spark ML stages, so the fitted preparation is saved inside the run's PipelineModel and
-scoring new customers applies exactly the same steps.
+scoring new customers applies exactly the same steps. ``prepare`` fits it on the sweep's customers
+(all usable customers, or a uniform sample of ``model.sample_size``) and hands the sweep their scaled
+features as a matrix.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 
+import numpy as np
 import pyspark.sql.functions as F
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.feature import (
@@ -19,9 +23,10 @@ from pyspark.ml.feature import (
     StringIndexer,
     VectorAssembler,
 )
+from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 
-from segspark.config import ClipSettings
+from segspark.config import ClipSettings, Settings
 from segspark.validate import FeatureSpec, col, quoted
 
 FEATURES = "features"  # the scaled vector the clustering sees
@@ -159,3 +164,37 @@ def vector_columns(preparation: PipelineModel, spec: FeatureSpec) -> list[str]:
         for column, labels in zip(spec.categorical, indexers[0].labelsArray, strict=True):
             names += [f"{column}={label}" for label in labels] + [f"{column}=(other)"]
     return names
+
+
+@dataclass
+class Prepared:
+    """The fitted preparation and the customers the sweep chooses k on."""
+
+    preparation: PipelineModel
+    bounds: Bounds
+    points: np.ndarray  # the sweep's customers x scaled features
+    population: int  # usable customers the points were drawn from
+
+    @property
+    def sampled(self) -> bool:
+        return len(self.points) < self.population
+
+
+def prepare(valid: DataFrame, rows: int, spec: FeatureSpec, settings: Settings) -> Prepared:
+    """Fit the preparation (clip bounds, medians, categories, scaler) on the sweep's customers and
+    collect their scaled features: all ``rows`` usable customers, or, with more than
+    ``model.sample_size`` (0: no limit), a uniform sample of about that many. Either way the work here
+    and in the sweep costs the same at any table size; the sample is cached for its few passes."""
+    size = settings.model.sample_size
+    sampled = bool(size) and rows > size
+    sample = valid.sample(fraction=size / rows, seed=settings.model.seed).persist() if sampled else valid
+    try:
+        bounds = clip_bounds(sample, spec, settings.features.clip)
+        preparation = build_pipeline(spec, bounds).fit(sample)
+        vectors = preparation.transform(sample).select(vector_to_array(F.col(FEATURES)).alias("x"))
+        x = vectors.toPandas()["x"]
+        points = np.stack(x.to_numpy()) if len(x) else np.empty((0, 1))
+    finally:
+        if sampled:
+            sample.unpersist()
+    return Prepared(preparation, bounds, points, rows)

@@ -1,11 +1,16 @@
-"""Fitting each k (and algorithm), collecting the metrics per k, and choosing k.
+"""Fitting each k (and algorithm) on the sweep's customers, the metrics per k, and choosing k.
 
-Per k: fits from different seeds (k-means|| initialisation for k-means) until two of them reach the
-best objective (lowest WSSSE; highest log-likelihood for a Gaussian mixture), at most
-``model.restarts``; then silhouette, WSSSE, Calinski-Harabasz, Davies-Bouldin and, when asked, the gap
-statistic, each with its bootstrap noise. k is chosen by ``model.selection``, inside ``model.prefer``
-when given; a winner within the noise of the runner-up is a near tie, and a near tie with the earlier
-run's k keeps that k (``model.continuity``).
+The sweep works on a matrix of scaled features in the driver's memory: all usable customers, or a
+uniform sample of ``model.sample_size`` of them (see ``job.sample_for_sweep``). Its cost is the same at
+any table size, and it starts no Spark job for k-means (scikit-learn's k-means++ and Lloyd iterations);
+a bisecting k-means or a Gaussian mixture is fitted by Spark ML on the same rows.
+
+Per k: fits from different seeds until two of them reach the best objective (lowest WSSSE; highest
+log-likelihood for a Gaussian mixture), at least MIN_STARTS and at most ``model.restarts``; then
+silhouette, WSSSE, Calinski-Harabasz, Davies-Bouldin and, when asked, the gap statistic, each with its
+bootstrap noise. k is chosen by ``model.selection``, inside ``model.prefer`` when given; a winner within
+the noise of the runner-up is a near tie, and a near tie with the earlier run's k keeps that k
+(``model.continuity``). The chosen fit becomes a Spark model (``spark_model``) that assigns every row.
 """
 
 from __future__ import annotations
@@ -15,24 +20,25 @@ import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyspark.sql.functions as F
 from pyspark.ml.clustering import BisectingKMeans, GaussianMixture, KMeans
-from pyspark.ml.functions import vector_to_array
-from pyspark.sql import DataFrame
+from pyspark.ml.functions import array_to_vector, vector_to_array
+from pyspark.sql import SparkSession
+from sklearn.cluster import KMeans as LloydKMeans
+from sklearn.metrics import adjusted_rand_score
 
 from segspark.config import ModelSettings
-from segspark.errors import InputDataError
+from segspark.errors import InputDataError, SegsparkError
 from segspark.metrics import (
     BOOTSTRAP_REPLICATES,
     CLUSTER,
     ClusterStats,
     Gap,
-    adjusted_rand,
     cluster_stats,
     gap_statistic,
     knee_scores,
@@ -43,33 +49,97 @@ from segspark.prepare import FEATURES
 log = logging.getLogger(__name__)
 
 PROBABILITY = "probability"  # a Gaussian mixture's membership probabilities
-STABILITY_CLUSTER = "stability_cluster"
 STABILITY_SEED_OFFSET = 1000  # seeds of the stability refits, apart from those of the restarts
-GOOD_START_TOLERANCE = 0.02  # see _good_enough
 NEAR_TIE_SIGMAS = 2.0  # a winner by less than this many standard deviations of the noise: a near tie
 MIN_PER_SEGMENT = 3  # customers per segment, on average, below which a k is not fitted
 # Starts at each k before a best confirmed by two of them counts: one start in five lands in a poor
 # optimum on the generated data, and two poor starts can land in the same one (scripts/optima.py)
 MIN_STARTS = 3
-# k-means' convergence tolerance (centre movement) on the sample: ~25% fewer iterations than Spark's
-# default 1e-4, with the same best WSSSE to 5 digits at every k of the benchmark
-SAMPLE_TOLERANCE = 1e-3
+# k-means' convergence tolerance, scikit-learn's: relative to the features' mean variance (1 when
+# scaled), on the squared movement of the centres
+LLOYD_TOLERANCE = 1e-4
 
-Label = Callable[[str], AbstractContextManager]
+
+@dataclass
+class Fit:
+    """One start of an algorithm at k on the sweep's customers."""
+
+    centres: np.ndarray  # k x d, in cluster-index order (a mixture's component means)
+    labels: np.ndarray  # each customer's cluster index
+    objective: float  # what the starts minimise: WSSSE, or a mixture's negative log-likelihood
+    model: Any = None  # the Spark ML model, for the algorithms Spark fits
+
+    @property
+    def filled(self) -> int:
+        return len(np.unique(self.labels))
+
+
+Fitter = Callable[[np.ndarray, int, int], Fit]  # (points, k, seed) -> Fit
+
+
+def lloyd_kmeans(settings: ModelSettings) -> Fitter:
+    """k-means on the driver: one k-means++ start and Lloyd iterations (scikit-learn), no Spark job."""
+
+    def fit(points: np.ndarray, k: int, seed: int) -> Fit:
+        model = LloydKMeans(
+            n_clusters=k,
+            init="k-means++",
+            n_init=1,
+            max_iter=settings.max_iter,
+            tol=LLOYD_TOLERANCE,
+            random_state=seed,
+            algorithm="lloyd",
+        ).fit(points)
+        return Fit(model.cluster_centers_, model.labels_, float(model.inertia_))
+
+    return fit
+
+
+def spark_ml(settings: ModelSettings, spark: SparkSession) -> Fitter:
+    """An algorithm of Spark ML (bisecting k-means, Gaussian mixture), fitted on the points as a
+    DataFrame; the labels come back in the points' order."""
+
+    def fit(points: np.ndarray, k: int, seed: int) -> Fit:
+        columns = [f"x{j}" for j in range(points.shape[1])]
+        frame = spark.createDataFrame(pd.DataFrame(points, columns=columns).reset_index(names="row")).select(
+            "row", array_to_vector(F.array(*columns)).alias(FEATURES)
+        )
+        model = make_estimator(settings, k, seed).fit(frame)
+        labelled = model.transform(frame).select("row", CLUSTER).toPandas()
+        labels = np.empty(len(points), dtype=int)
+        labels[labelled["row"].to_numpy()] = labelled[CLUSTER].to_numpy()
+        return Fit(np.array(centers_of(model)), labels, _objective(model), model)
+
+    return fit
+
+
+# model.algorithm -> how a start is fitted
+ALGORITHMS: dict[str, Callable[[ModelSettings, SparkSession | None], Fitter]] = {
+    "kmeans": lambda settings, _: lloyd_kmeans(settings),
+    "bisecting_kmeans": spark_ml,
+    "gaussian_mixture": spark_ml,
+}
+
+
+def fitter_for(settings: ModelSettings, spark: SparkSession | None = None) -> Fitter:
+    return ALGORITHMS[settings.algorithm](settings, spark or SparkSession.getActiveSession())
 
 
 @dataclass
 class KResult:
     k: int
-    model: Any  # KMeansModel | BisectingKMeansModel | GaussianMixtureModel
+    fit: Fit  # the best start
     stats: ClusterStats
-    clusters: int  # non-empty clusters: k, unless bisecting or a mixture left some empty
     seconds: float
     restart_gain: float  # relative improvement of the objective by the restarts over the first fit
     gap: Gap | None = None
     starts: int = 1  # fits made at this k (see fit_k)
     confirmed: bool = False  # a second start reached the best objective too
     objectives: list[float] = field(default_factory=list)  # each start's, in order
+
+    @property
+    def clusters(self) -> int:  # non-empty clusters: k, unless bisecting or a mixture left some empty
+        return len(self.stats.clusters)
 
     @property
     def wssse(self) -> float:
@@ -130,8 +200,8 @@ class SweepResult:
     contest: Contest | None = None  # the chosen k against the runner-up
     kept_earlier: bool = False  # a near tie resolved in favour of the earlier run's k
     stability: dict[str, Any] = field(default_factory=dict)
-    rows: int = 0  # customers the chosen model was fitted on
-    sample_rows: int | None = None  # customers k was chosen on, when a sample
+    rows: int = 0  # usable customers
+    sample_rows: int | None = None  # customers k was chosen on, when a sample of them
 
     @property
     def near_tie(self) -> bool:
@@ -148,9 +218,8 @@ class SweepResult:
         )
 
 
-def make_estimator(settings: ModelSettings, k: int, seed: int | None = None, coarse: bool = False):
-    """The estimator of ``model.algorithm`` at k. ``coarse``: k-means stops at SAMPLE_TOLERANCE, for
-    fits on the sample that only rank k (the final fit on all rows converges fully)."""
+def make_estimator(settings: ModelSettings, k: int, seed: int | None = None):
+    """The Spark ML estimator of ``model.algorithm`` at k."""
     common = {
         "k": k,
         "seed": settings.seed if seed is None else seed,
@@ -162,9 +231,7 @@ def make_estimator(settings: ModelSettings, k: int, seed: int | None = None, coa
         return BisectingKMeans(**common)
     if settings.algorithm == "gaussian_mixture":
         return GaussianMixture(**common, probabilityCol=PROBABILITY)
-    # "auto" never picks the block solver on dense vectors; it is faster for the same result
-    estimator = KMeans(**common, solver="block")
-    return estimator.setTol(SAMPLE_TOLERANCE) if coarse else estimator
+    return KMeans(**common)
 
 
 def centers_of(model) -> list[list[float]]:
@@ -174,71 +241,74 @@ def centers_of(model) -> list[list[float]]:
     return [row["mean"].toArray().tolist() for row in model.gaussiansDF.collect()]
 
 
-def _fit(estimator, data: DataFrame):
-    try:
-        return estimator.fit(data)
-    except Exception:
-        if not (isinstance(estimator, KMeans) and estimator.getSolver() == "block"):
-            raise
-        # Spark's block solver fails when k-means|| finds fewer distinct centres than k (fewer distinct
-        # customers than k); the row solver then leaves clusters empty, which the sweep handles
-        log.info("k=%d: the block solver failed; fitting with the row solver", estimator.getK())
-        return estimator.setSolver("row").fit(data)
-
-
 def _objective(model) -> float:
     """What restarts minimise: k-means' cost, or a mixture's negative log-likelihood."""
     summary = model.summary
     return -float(summary.logLikelihood) if hasattr(summary, "logLikelihood") else float(summary.trainingCost)
 
 
-def sweep_k(
-    prepared: DataFrame,
-    settings: ModelSettings,
-    label: Label = lambda _: nullcontext(),
-    earlier_k: tuple[int, str] | None = None,
-) -> SweepResult:
-    """Fit every k in the range on ``prepared`` (cache it first) and choose k.
+def spark_model(spark: SparkSession, chosen: KResult, seed: int = 0):
+    """The chosen fit as a Spark ML model, the last stage of the run's PipelineModel.
 
-    With more rows than ``model.sample_size``, k is chosen on a uniform sample of that size and the
-    chosen k is then fitted (and its metrics measured) on all rows. ``label(description)`` wraps
-    each fit, so the caller can name the Spark jobs it starts. ``earlier_k``: the k and run id of the
-    run this one follows, which wins a near tie when ``model.continuity`` is on.
+    An algorithm Spark fitted is its own model. For k-means fitted on the driver, Spark ML's KMeans is
+    fitted to the k centres themselves (random initialisation takes all k rows): each centre is then a
+    cluster of one, and the model's centres are exactly the chosen ones, in Spark's cluster order.
     """
-    rows = prepared.count()
-    sampled = bool(settings.sample_size) and rows > settings.sample_size
-    data = _sample(prepared, settings.sample_size / rows, settings.seed).persist() if sampled else prepared
-    try:
-        ks, clipped = usable_k(data, settings, rows)
-        results = _sweep(data, settings, ks, label, coarse=sampled)
-        sweep = choose_k(results, settings, earlier_k, clipped)
-        sweep.rows = rows
-        if sampled:
-            sweep.sample_rows = data.count()
-            with label(f"final fit k={sweep.chosen.k} on all customers"):
-                good = _good_enough(sweep.chosen.model, sweep.sample_rows, rows)
-                # k is chosen: the metrics of all rows need no bootstrap noise
-                final = fit_k(prepared, settings, sweep.chosen.k, accept_below=good, replicates=0)
-            final.confirmed = sweep.chosen.confirmed
-            sweep.chosen = final
-            sweep.rule += f" (on a uniform sample of {sweep.sample_rows} of {rows} customers)"
-        if settings.stability_runs:
-            with label(f"stability k={sweep.chosen.k}"):
-                sweep.stability = stability(data, sweep.chosen, settings)
-    finally:
-        if sampled:
-            data.unpersist()
+    if chosen.fit.model is not None:
+        return chosen.fit.model
+    centres = chosen.fit.centres
+    frame = spark.createDataFrame(pd.DataFrame({"c": [c.tolist() for c in centres]})).select(
+        array_to_vector("c").alias(FEATURES)
+    )
+    model = KMeans(
+        k=len(centres),
+        initMode="random",
+        maxIter=1,
+        seed=seed,
+        solver="row",
+        featuresCol=FEATURES,
+        predictionCol=CLUSTER,
+    ).fit(frame)
+    got = np.array(centers_of(model))
+    if sorted(map(tuple, got.tolist())) != sorted(map(tuple, centres.tolist())):
+        raise SegsparkError(f"Spark's k-means model did not take the chosen centres: {got} vs {centres}")
+    return model
+
+
+def sweep_k(
+    points: np.ndarray,
+    settings: ModelSettings,
+    fitter: Fitter | None = None,
+    earlier_k: tuple[int, str] | None = None,
+    population: int | None = None,
+) -> SweepResult:
+    """Fit every k in the range on ``points`` (customers x scaled features) and choose k.
+
+    ``population``: the usable customers ``points`` were sampled from (None: ``points`` are all of them).
+    ``earlier_k``: the k and run id of the run this one follows, which wins a near tie when
+    ``model.continuity`` is on.
+    """
+    fitter = fitter or fitter_for(settings)
+    rows = len(points)
+    ks, clipped = usable_k(points, settings)
+    sweep = choose_k(_sweep(points, settings, fitter, ks), settings, earlier_k, clipped)
+    sweep.rows = population or rows
+    if population is not None and population > rows:
+        sweep.sample_rows = rows
+        sweep.rule += f" (on a uniform sample of {rows} of {population} customers)"
+    if settings.stability_runs:
+        sweep.stability = stability(points, sweep.chosen, settings, fitter)
     return sweep
 
 
-def usable_k(data: DataFrame, settings: ModelSettings, rows: int) -> tuple[list[int], str]:
+def usable_k(points: np.ndarray, settings: ModelSettings) -> tuple[list[int], str]:
     """The k of the range that the customers can fill, and how the range was clipped ("" if not).
 
     A segment needs MIN_PER_SEGMENT customers on average and distinct feature values to centre on;
-    checking first keeps k-means from failing (or leaving clusters empty) at a k too large.
+    checking first keeps k-means from leaving clusters empty at a k too large.
     """
-    wanted = settings.k_values
-    distinct = data.select(vector_to_array(F.col(FEATURES)).alias("x")).distinct().limit(wanted[-1]).count()
+    wanted, rows = settings.k_values, len(points)
+    distinct = len(np.unique(points, axis=0))
     if distinct < 2:
         raise InputDataError(
             "all usable customers have the same feature values: there is nothing to segment. "
@@ -269,33 +339,15 @@ def usable_k(data: DataFrame, settings: ModelSettings, rows: int) -> tuple[list[
     return [k for k in wanted if k <= top], clipped
 
 
-def _sample(prepared: DataFrame, fraction: float, seed: int) -> DataFrame:
-    """A uniform sample in as many partitions as Spark has cores: the sweep runs hundreds of small jobs,
-    and each partition is a task to schedule in every one of them."""
-    cores = prepared.sparkSession.sparkContext.defaultParallelism
-    return prepared.sample(fraction=fraction, seed=seed).coalesce(max(1, cores))
-
-
-def _good_enough(sample_model, sample_rows: int, rows: int) -> float:
-    """The objective below which a fit on all rows needs no more restarts: the sample's best per
-    customer, with GOOD_START_TOLERANCE of slack for sampling noise. A start stuck in a poor local
-    optimum (two centres in one group) is worse by far more than that."""
-    per_row = _objective(sample_model) / sample_rows
-    return (per_row + GOOD_START_TOLERANCE * abs(per_row)) * rows
-
-
-def _sweep(
-    data: DataFrame, settings: ModelSettings, ks: list[int], label: Label, coarse: bool = False
-) -> list[KResult]:
+def _sweep(points: np.ndarray, settings: ModelSettings, fitter: Fitter, ks: list[int]) -> list[KResult]:
     with_gap = settings.gap or settings.selection == "gap"
-    references = reference_sets(data, settings.gap_references, settings.seed) if with_gap else []
+    references = reference_sets(points, settings.gap_references, settings.seed) if with_gap else []
 
     def fit(k: int) -> KResult:
-        with label(f"sweep k={k}"):
-            return fit_k(data, settings, k, references, coarse=coarse)
+        return fit_k(points, settings, k, fitter, references)
 
-    # Each k is dozens of small Spark jobs: several k side by side keep the cores busy while the driver
-    # plans the next job. The results do not depend on it (every fit has its own seed).
+    # Several k side by side keep the cores busy (Spark ML fits are many small jobs; scikit-learn's
+    # releases the GIL). The results do not depend on it: every start has its own seed.
     with ThreadPoolExecutor(max_workers=settings.parallel_fits, thread_name_prefix="sweep") as pool:
         results = list(pool.map(fit, ks))
     for result in results:
@@ -316,49 +368,40 @@ def _sweep(
 
 
 def fit_k(
-    data: DataFrame,
+    points: np.ndarray,
     settings: ModelSettings,
     k: int,
-    references: list[DataFrame] | None = None,
-    accept_below: float | None = None,
-    coarse: bool = False,
+    fitter: Fitter | None = None,
+    references: list[np.ndarray] | None = None,
     replicates: int = BOOTSTRAP_REPLICATES,
 ) -> KResult:
     """The best fit at k with its metrics.
 
-    Starts are made from different seeds, at least MIN_STARTS, until the best objective is confirmed
-    (a second start reaches it within ``model.confirm_tolerance``), at most ``model.restarts``: a lone
-    start lands in a poor local optimum often enough to change the chosen k. With ``accept_below``
-    (the final fit on all rows, checked against the sample's confirmed optimum), the first start
-    below it is kept.
+    Starts are made from seeds ``model.seed``, +1, ..., at least MIN_STARTS, until the best objective
+    is confirmed (a second start reaches it within ``model.confirm_tolerance``), at most
+    ``model.restarts``: a lone start lands in a poor local optimum often enough to change the chosen k.
     """
+    fitter = fitter or fitter_for(settings)
     started = time.perf_counter()
     best, best_key, objectives = None, None, []
     for start in range(settings.restarts):
-        model = _fit(make_estimator(settings, k, settings.seed + start, coarse), data)
-        objective = _objective(model)
-        # a fit that leaves clusters empty is worse than any that fills all k, whatever its cost
-        key = (_filled(model) < k, objective)
+        fit = fitter(points, k, settings.seed + start)
+        # a fit that leaves clusters empty is worse than any that fills all k, whatever its objective
+        key = (fit.filled < k, fit.objective)
         objectives.append(key)
         if best_key is None or key < best_key:
-            best, best_key = model, key
-        if accept_below is not None and objective <= accept_below:
+            best, best_key = fit, key
+        if start + 1 >= MIN_STARTS and confirmed(objectives, settings.confirm_tolerance):
             break
-        if (
-            accept_below is None
-            and start + 1 >= MIN_STARTS
-            and confirmed(objectives, settings.confirm_tolerance)
-        ):
-            break
-    found = _filled(best)
-    if found < k:
-        log.warning("k=%d: %s left clusters empty in every start; %d segments", k, settings.algorithm, found)
+    if best.filled < k:
+        log.warning(
+            "k=%d: %s left clusters empty in every start; %d segments", k, settings.algorithm, best.filled
+        )
     first = objectives[0][1]
     result = KResult(
         k=k,
-        model=best,
-        stats=cluster_stats(best.transform(data), replicates=replicates, seed=settings.seed),
-        clusters=found,
+        fit=best,
+        stats=cluster_stats(points, best.labels, replicates=replicates, seed=settings.seed),
         seconds=0.0,
         restart_gain=(first - best_key[1]) / abs(first) if first else 0.0,
         starts=len(objectives),
@@ -366,7 +409,7 @@ def fit_k(
         objectives=[objective for _, objective in objectives],
     )
     if references:
-        result.gap = _gap(result, references, settings)
+        result.gap = _gap(result, references, settings, fitter)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -388,16 +431,12 @@ def confirmed(objectives: list[tuple[bool, float]], tolerance: float) -> bool:
     return sum(objective <= best + tolerance * abs(best) for objective in full) >= 2
 
 
-def _filled(model) -> int:
-    return sum(1 for size in model.summary.clusterSizes if size > 0)
-
-
-def _gap(result: KResult, references: list[DataFrame], settings: ModelSettings) -> Gap:
+def _gap(result: KResult, references: list[np.ndarray], settings: ModelSettings, fitter: Fitter) -> Gap:
     """One fit per reference set at the same k; log W of the data against the references'."""
     reference_log_w = []
     for data in references:
-        model = make_estimator(settings, result.k).fit(data)
-        reference_log_w.append(math.log(cluster_stats(model.transform(data), replicates=0).wssse))
+        fit = fitter(data, result.k, settings.seed)
+        reference_log_w.append(math.log(cluster_stats(data, fit.labels, replicates=0).wssse))
     return gap_statistic(math.log(result.wssse), reference_log_w)
 
 
@@ -518,16 +557,16 @@ def choose_k(
     return sweep
 
 
-def stability(prepared: DataFrame, chosen: KResult, settings: ModelSettings) -> dict[str, Any]:
-    """Refit the chosen k on bootstrap samples; the adjusted Rand index of each refit's assignments
-    of all customers against the chosen model's. Near 1: real structure; far below: noise."""
-    labelled = chosen.model.transform(prepared).select(FEATURES, CLUSTER)
+def stability(points: np.ndarray, chosen: KResult, settings: ModelSettings, fitter: Fitter) -> dict[str, Any]:
+    """Refit the chosen k on bootstrap resamples of the sweep's customers; the adjusted Rand index of
+    each refit's clusters of the resampled customers against the chosen fit's. Near 1: real structure;
+    far below: noise."""
     scores = []
     for r in range(settings.stability_runs):
         seed = settings.seed + STABILITY_SEED_OFFSET + r
-        sample = prepared.sample(withReplacement=True, fraction=1.0, seed=seed)
-        refit = make_estimator(settings, chosen.k, seed).setPredictionCol(STABILITY_CLUSTER).fit(sample)
-        scores.append(adjusted_rand(refit.transform(labelled), CLUSTER, STABILITY_CLUSTER))
+        resample = np.random.default_rng(seed).integers(0, len(points), size=len(points))
+        refit = fitter(points[resample], chosen.k, seed)
+        scores.append(float(adjusted_rand_score(chosen.fit.labels[resample], refit.labels)))
     result = {
         "runs": settings.stability_runs,
         "k": chosen.k,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from pyspark.ml.linalg import Vectors
 from sklearn.cluster import KMeans as SkKMeans
 from sklearn.metrics import silhouette_samples
 
@@ -15,7 +14,6 @@ from segspark.config import ModelSettings, settings_from_dict
 from segspark.generate import FEATURES as DEMO_FEATURES
 from segspark.generate import weak_customers
 from segspark.job import run
-from segspark.metrics import CLUSTER
 from segspark.sweep import NEAR_TIE_SIGMAS, choose_k, fit_k, sweep_k
 from tests.conftest import base_config
 
@@ -23,30 +21,23 @@ RUNS = 5  # repeated runs per table: seeds 1..5, each on the rows in another ord
 KEEP = 0.95  # customers that keep their segment id from one run to the next, at least
 
 
-def _vectors(spark, points: np.ndarray):
-    rows = [(i, Vectors.dense(p.tolist())) for i, p in enumerate(points)]
-    return spark.createDataFrame(rows, ["id", "features"]).coalesce(2).cache()
-
-
-def _labels(model, data) -> np.ndarray:
-    return np.array([r[CLUSTER] for r in model.transform(data).orderBy("id").select(CLUSTER).collect()])
-
-
 @pytest.fixture(scope="module")
-def demo_scaled(spark, demo_data):
+def demo_scaled(demo_data):
     """The 3000 demo customers scaled as segspark scales them (mean 0, sample sd 1)."""
     x = pd.read_parquet(demo_data["customers"])[DEMO_FEATURES].to_numpy(float)
-    z = (x - x.mean(axis=0)) / x.std(axis=0, ddof=1)
-    return z, _vectors(spark, z)
+    return (x - x.mean(axis=0)) / x.std(axis=0, ddof=1)
 
 
 def test_a_lone_start_in_a_poor_optimum_is_not_kept(demo_scaled):
-    points, data = demo_scaled
+    points = demo_scaled
     oracle = SkKMeans(5, n_init=10, random_state=0).fit(points).inertia_
-    # model seed 0's first k-means|| start lands in a poor optimum here (two centres in one segment)
-    lone = fit_k(data, ModelSettings(seed=0, restarts=1), 5)
-    assert lone.wssse > 1.5 * oracle and not lone.confirmed
-    confirmed = fit_k(data, ModelSettings(seed=0), 5)
+    # the first start of some model seed lands in a poor optimum here (two centres in one segment)
+    seed = next(
+        s for s in range(50) if fit_k(points, ModelSettings(seed=s, restarts=1), 5).wssse > 1.2 * oracle
+    )
+    lone = fit_k(points, ModelSettings(seed=seed, restarts=1), 5)
+    assert lone.wssse > 1.2 * oracle and not lone.confirmed
+    confirmed = fit_k(points, ModelSettings(seed=seed), 5)
     assert confirmed.wssse <= 1.01 * oracle
     assert confirmed.confirmed and confirmed.starts >= 3
     # two starts reached the best objective, and none did better
@@ -55,19 +46,18 @@ def test_a_lone_start_in_a_poor_optimum_is_not_kept(demo_scaled):
 
 
 @pytest.fixture(scope="module")
-def uniform(spark):
+def uniform():
     """300 customers spread evenly over a square: no real segments, so several k fit about as well."""
-    points = np.random.default_rng(1).uniform(size=(300, 2))
-    data = _vectors(spark, points)
-    return points, data, sweep_k(data, ModelSettings(k={"min": 2, "max": 6}))
+    points = np.random.default_rng(2).uniform(size=(300, 2))
+    return points, sweep_k(points, ModelSettings(k={"min": 2, "max": 6}))
 
 
 def test_a_near_tie_is_measured_against_resampling_noise_and_said_in_plain_words(uniform):
-    points, data, sweep = uniform
+    points, sweep = uniform
     contest = sweep.contest
     winner, other = sweep.chosen, sweep.runner_up
-    s_win = silhouette_samples(points, _labels(winner.model, data), metric="sqeuclidean")
-    s_other = silhouette_samples(points, _labels(other.model, data), metric="sqeuclidean")
+    s_win = silhouette_samples(points, winner.fit.labels, metric="sqeuclidean")
+    s_other = silhouette_samples(points, other.fit.labels, metric="sqeuclidean")
     assert contest.margin == pytest.approx(s_win.mean() - s_other.mean(), abs=1e-9)
     # the standard error of a mean of paired differences is what resampling the customers gives
     standard_error = (s_win - s_other).std(ddof=1) / np.sqrt(len(points))
@@ -80,13 +70,13 @@ def test_a_near_tie_is_measured_against_resampling_noise_and_said_in_plain_words
 
 
 def test_the_earlier_k_wins_a_near_tie_but_not_a_clear_loss(uniform):
-    _, _, sweep = uniform
+    _, sweep = uniform
     settings = ModelSettings(k={"min": 2, "max": 6})
     tied = choose_k(sweep.results, settings, earlier_k=(sweep.runner_up.k, "run-1"))
     assert tied.chosen.k == sweep.runner_up.k and tied.kept_earlier
     assert f"k={sweep.runner_up.k} kept from the earlier run run-1" in tied.rule
     assert tied.runner_up.k == sweep.chosen.k
-    # k=2 is clearly worse on this square than the best k
+    # the worst k (2) is clearly worse on this square than the best k
     worst = min(sweep.results, key=lambda r: r.silhouette)
     clear = choose_k(sweep.results, settings, earlier_k=(worst.k, "run-1"))
     assert clear.chosen.k == sweep.chosen.k and not clear.kept_earlier
