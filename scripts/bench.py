@@ -1,21 +1,28 @@
 """Benchmark: `segspark run` against the scikit-learn recipe of the articles, on the same customers.
 
-    python scripts/bench.py [--sizes 1000000 10000000] [--data bench-data]
+    python scripts/bench.py [--sizes 1000000 10000000] [--data bench-data] [--no-extras]
 
 For each size it generates (or reuses) N customers with 6 numeric features and 5 known segments,
 then runs, each in its own process so that peak memory is its own:
-  - segspark:     `segspark run` for k = 2..10 (local mode, all cores, driver memory 6g);
-  - scikit-learn: StandardScaler, KMeans(n_init=1) per k, silhouette_score(sample_size=20000),
-                  the best k, assignments and per-segment means written to parquet.
+  - segspark:         `segspark run` for k = 2..10 (local mode, all cores, driver memory 6g);
+  - segspark untuned: the same with no Spark setting at all, as a user first writes the config;
+  - scikit-learn:     StandardScaler, KMeans(n_init=1) per k, silhouette_score(sample_size=20000),
+                      the best k, assignments and per-segment means written to parquet.
 It prints one table: wall seconds of each, the ratio segspark / scikit-learn, peak memory (RSS of the
-process tree), chosen k and adjusted Rand index against the truth; then segspark's time per step.
+process tree), chosen k and adjusted Rand index against the truth; then, per step of segspark's
+tuned run, seconds, Spark jobs, tasks and passes over the rows (rows read by file and cache scans,
+from Spark's event log, divided by N). Unless --no-extras: the 20,000-customer demo (`make run`'s job)
+end to end, and the same 30,000-customer job in local mode and under spark-submit on a
+local-cluster[2,1,1024] (two executor JVMs).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -27,7 +34,11 @@ import yaml
 
 K_RANGE = (2, 10)
 SILHOUETTE_SAMPLE = 20_000
+DEMO_CUSTOMERS = 20_000
+CLUSTER_CUSTOMERS = 30_000
+CLUSTER_MASTER = "local-cluster[2,1,1024]"
 REPO = Path(__file__).resolve().parent.parent
+SCANS = ("Scan ", "InMemoryTableScan")  # plan nodes that read rows from files or from a cache
 
 
 def tree_rss_mb(pid: int) -> float:
@@ -54,8 +65,9 @@ def tree_rss_mb(pid: int) -> float:
     return total / 1024
 
 
-def timed(command: list[str], env: dict | None = None) -> tuple[float, float]:
-    """Wall seconds and peak memory (MB) of a command and its children; fails loudly if it fails."""
+def timed(command: list[str], env: dict | None = None, check: bool = True) -> tuple[float, float]:
+    """Wall seconds and peak memory (MB) of a command and its children; fails loudly if it fails
+    (``check``), else returns NaN seconds."""
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = [0.0]
@@ -71,7 +83,10 @@ def timed(command: list[str], env: dict | None = None) -> tuple[float, float]:
     watcher.join()
     seconds = time.perf_counter() - started
     if process.returncode != 0:
-        sys.exit(f"failed: {' '.join(command)}\n{output[-3000:]}")
+        if check:
+            sys.exit(f"failed: {' '.join(command)}\n{output[-3000:]}")
+        print(f"failed: {' '.join(command)}\n{output[-1500:]}", flush=True)
+        return float("nan"), peak[0]
     return seconds, peak[0]
 
 
@@ -105,54 +120,196 @@ def ari(assignments: pd.DataFrame, truth: pd.DataFrame) -> float:
     return adjusted_rand_score(joined["true_segment"], joined["segment"])
 
 
-def bench(n: int, data: Path, driver_memory: str) -> dict:
-    folder = data / f"n{n}"
-    customers, truth_path = folder / "customers.parquet", folder / "truth.parquet"
-    if not (customers.exists() and truth_path.exists()):
-        print(f"generating {n} customers in {folder} ...", flush=True)
-        subprocess.run(
-            [sys.executable, "-m", "segspark", "generate", "--customers", str(n), "--out", str(folder)],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-    lake, sk_out = folder / "lake", folder / "sklearn"
-    config = folder / "bench.yaml"
-    config.write_text(
+def spark_work(event_log: Path) -> pd.DataFrame:
+    """Per step of a run (its job description): Spark jobs, tasks and rows read by file and cache scans,
+    from the event log (one uncompressed file of JSON lines)."""
+    job_step, stage_job, scan_accumulators = {}, {}, set()
+    jobs, tasks, rows = collections.Counter(), collections.Counter(), collections.Counter()
+
+    def scans(plan: dict) -> None:
+        if plan["nodeName"].startswith(SCANS):
+            scan_accumulators.update(
+                m["accumulatorId"] for m in plan["metrics"] if m["name"] == "number of output rows"
+            )
+        for child in plan["children"]:
+            scans(child)
+
+    for path in event_log.iterdir():
+        with path.open() as lines:
+            for line in lines:
+                event = json.loads(line)
+                kind = event["Event"]
+                if kind == "SparkListenerJobStart":
+                    description = (event.get("Properties") or {}).get("spark.job.description") or "(other)"
+                    step = description.removeprefix("segspark: ")
+                    job_step[event["Job ID"]] = step
+                    jobs[step] += 1
+                    stage_job.update({stage: event["Job ID"] for stage in event["Stage IDs"]})
+                elif kind.endswith(("SQLExecutionStart", "SQLAdaptiveExecutionUpdate")):
+                    scans(event["sparkPlanInfo"])
+                elif kind == "SparkListenerTaskEnd":
+                    step = job_step.get(stage_job.get(event["Stage ID"]), "(other)")
+                    tasks[step] += 1
+                    rows[step] += sum(
+                        int(a.get("Update", 0))
+                        for a in event["Task Info"].get("Accumulables", [])
+                        if a["ID"] in scan_accumulators
+                    )
+    return pd.DataFrame({"jobs": jobs, "tasks": tasks, "rows_read": rows}).fillna(0).astype(int)
+
+
+def write_config(path: Path, customers: Path, lake: Path, spark: dict) -> Path:
+    path.write_text(
         yaml.safe_dump(
             {
-                "spark": {
-                    "master": "local[*]",
-                    "conf": {"spark.driver.memory": driver_memory, "spark.ui.enabled": False},
-                },
+                "spark": spark,
                 "input": {"customers": {"path": str(customers)}},
                 "model": {"k": {"min": K_RANGE[0], "max": K_RANGE[1]}},
                 "output": {"path": str(lake), "run_id": "bench", "report": False},
             }
         )
     )
+    return path
+
+
+def event_logged(folder: Path, conf: dict) -> dict:
+    """Spark settings that write an uncompressed event log to ``folder`` (emptied first)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return {
+        **conf,
+        "spark.eventLog.enabled": True,
+        "spark.eventLog.dir": str(folder),
+        "spark.eventLog.compress": False,
+    }
+
+
+def segspark_run(config: Path, check: bool = True, submit: list[str] | None = None) -> tuple[float, float]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_GATEWAY")}
-    print(f"n={n}: segspark run ...", flush=True)
-    seg_seconds, seg_peak = timed(
-        [sys.executable, "-m", "segspark", "--quiet", "run", "--config", str(config)], env
-    )
+    env["PYSPARK_PYTHON"] = sys.executable
+    command = [sys.executable, "-m", "segspark", "--quiet", "run", "--config", str(config)]
+    if submit:  # spark-submit runs the same entry point as the driver program
+        spark_submit = Path(sys.executable).parent / "spark-submit"
+        command = [
+            str(spark_submit),
+            *submit,
+            str(REPO / "jobs" / "segment_customers.py"),
+            "--config",
+            str(config),
+        ]
+    return timed(command, env, check=check)
+
+
+def generated(n: int, data: Path) -> Path:
+    folder = data / f"n{n}"
+    if not ((folder / "customers.parquet").exists() and (folder / "truth.parquet").exists()):
+        print(f"generating {n} customers in {folder} ...", flush=True)
+        subprocess.run(
+            [sys.executable, "-m", "segspark", "generate", "--customers", str(n), "--out", str(folder)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    return folder
+
+
+def result_of(lake: Path, truth: pd.DataFrame) -> tuple[int | None, float]:
+    """The chosen k and the adjusted Rand index of a run in ``lake``; (None, NaN) if it failed."""
+    manifest = lake / "runs" / "bench" / "manifest.json"
+    if not manifest.exists() or json.loads(manifest.read_text())["status"] != "succeeded":
+        return None, float("nan")
+    k = json.loads(manifest.read_text())["k"]["chosen"]
+    return k, ari(pd.read_parquet(lake / "runs" / "bench" / "assignments"), truth)
+
+
+def bench(n: int, data: Path, driver_memory: str) -> dict:
+    folder = generated(n, data)
+    customers, truth = folder / "customers.parquet", pd.read_parquet(folder / "truth.parquet")
+    events, sk_out = folder / "events", folder / "sklearn"
+    runs = {}
+    for name, conf in (("tuned", {"spark.driver.memory": driver_memory}), ("untuned", {})):
+        lake = folder / f"lake-{name}"
+        shutil.rmtree(lake, ignore_errors=True)
+        spark = {"master": "local[*]", "conf": {"spark.ui.enabled": False, **conf}}
+        if name == "tuned":
+            spark["conf"] = event_logged(events, spark["conf"])
+        config = write_config(folder / f"bench-{name}.yaml", customers, lake, spark)
+        print(f"n={n}: segspark run ({name}) ...", flush=True)
+        seconds, peak = segspark_run(config, check=name == "tuned")
+        runs[name] = (seconds, peak, *result_of(lake, truth))
     print(f"n={n}: scikit-learn ...", flush=True)
     sk_seconds, sk_peak = timed([sys.executable, __file__, "--sklearn-worker", str(customers), str(sk_out)])
-
-    truth = pd.read_parquet(truth_path)
-    manifest = json.loads((lake / "runs" / "bench" / "manifest.json").read_text())
+    manifest = json.loads((folder / "lake-tuned" / "runs" / "bench" / "manifest.json").read_text())
+    work = spark_work(events)
+    steps = pd.DataFrame({"seconds": pd.Series(manifest["timings"])}).join(work, how="outer")
+    steps["passes"] = steps["rows_read"] / n
     return {
         "N": n,
-        "segspark_s": seg_seconds,
+        "segspark_s": runs["tuned"][0],
+        "untuned_s": runs["untuned"][0],
         "sklearn_s": sk_seconds,
-        "ratio": seg_seconds / sk_seconds,
-        "segspark_peak_mb": seg_peak,
+        "ratio": runs["tuned"][0] / sk_seconds,
+        "untuned_ratio": runs["untuned"][0] / sk_seconds,
+        "segspark_peak_mb": runs["tuned"][1],
+        "untuned_peak_mb": runs["untuned"][1],
         "sklearn_peak_mb": sk_peak,
-        "segspark_k": manifest["k"]["chosen"],
+        "segspark_k": runs["tuned"][2],
+        "untuned_k": runs["untuned"][2],
         "sklearn_k": int((sk_out / "k").read_text()),
-        "segspark_ari": ari(pd.read_parquet(lake / "runs" / "bench" / "assignments"), truth),
+        "segspark_ari": runs["tuned"][3],
+        "untuned_ari": runs["untuned"][3],
         "sklearn_ari": ari(pd.read_parquet(sk_out / "assignments.parquet"), truth),
-        "timings": manifest["timings"],
+        "jobs": int(work["jobs"].sum()),
+        "passes": float(work["rows_read"].sum() / n),
+        "steps": steps,
     }
+
+
+def extras(data: Path) -> pd.DataFrame:
+    """The demo end to end, and one job in local mode against a local-cluster of two executor JVMs."""
+    rows = []
+    demo = generated(DEMO_CUSTOMERS, data)
+    lake = demo / "lake-demo"
+    shutil.rmtree(lake, ignore_errors=True)
+    config = yaml.safe_load((REPO / "conf" / "local.yaml").read_text())
+    config["input"]["customers"]["path"] = str(demo / "customers.parquet")
+    config["output"].update(path=str(lake), run_id="bench")
+    path = demo / "demo.yaml"
+    path.write_text(yaml.safe_dump(config))
+    print("demo: segspark run --config conf/local.yaml (20,000 customers) ...", flush=True)
+    seconds, peak = segspark_run(path)
+    k, score = result_of(lake, pd.read_parquet(demo / "truth.parquet"))
+    rows.append(
+        {"run": "demo (make run), local[*]", "seconds": seconds, "peak_mb": peak, "k": k, "ari": score}
+    )
+
+    folder = generated(CLUSTER_CUSTOMERS, data)
+    truth = pd.read_parquet(folder / "truth.parquet")
+    for name, master in (("local[2]", "local[2]"), (CLUSTER_MASTER, CLUSTER_MASTER)):
+        lake = folder / f"lake-{name}"
+        shutil.rmtree(lake, ignore_errors=True)
+        config = write_config(
+            folder / "cluster.yaml",
+            folder / "customers.parquet",
+            lake,
+            {"master": master, "conf": {"spark.ui.enabled": False}},
+        )
+        print(f"{CLUSTER_CUSTOMERS} customers on {name} ...", flush=True)
+        submit = ["--master", master, "--conf", "spark.ui.enabled=false"]
+        seconds, peak = segspark_run(config, check=False, submit=submit)
+        k, score = result_of(lake, truth)
+        rows.append(
+            {
+                "run": f"{CLUSTER_CUSTOMERS} customers, spark-submit --master {name}",
+                "seconds": seconds,
+                "peak_mb": peak,
+                "k": k,
+                "ari": score,
+            }
+        )
+    table = pd.DataFrame(rows)
+    table["vs local"] = table["seconds"] / table["seconds"].iloc[1]
+    table.loc[0, "vs local"] = float("nan")
+    return table
 
 
 def main() -> None:
@@ -162,20 +319,30 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000])
     parser.add_argument("--data", type=Path, default=REPO / "bench-data")
     parser.add_argument("--driver-memory", default="6g")
+    parser.add_argument("--no-extras", action="store_true", help="skip the demo and local-cluster runs")
     parser.add_argument("--sklearn-worker", nargs=2, metavar=("CUSTOMERS", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sklearn_worker:
         sklearn_worker(*args.sklearn_worker)
         return
     rows = [bench(n, args.data, args.driver_memory) for n in args.sizes]
-    table = pd.DataFrame([{k: v for k, v in r.items() if k != "timings"} for r in rows])
+    table = pd.DataFrame([{k: v for k, v in r.items() if k != "steps"} for r in rows])
     print()
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print("\nsegspark seconds per step:")
-    print(pd.DataFrame({r["N"]: r["timings"] for r in rows}).to_string(float_format=lambda v: f"{v:.1f}"))
+    print(table.T.to_string(float_format=lambda v: f"{v:.3f}"))
+    for r in rows:
+        print(
+            f"\nsegspark (tuned) at N={r['N']}: seconds, Spark jobs, tasks and passes over the rows per step"
+        )
+        print(r["steps"].to_string(float_format=lambda v: f"{v:.2f}"))
     if len(rows) > 1:
-        growth = rows[-1]["segspark_s"] / rows[0]["segspark_s"]
-        print(f"\ntime({rows[-1]['N']}) / time({rows[0]['N']}) = {growth:.2f}")
+        first, last = rows[0], rows[-1]
+        growth = last["segspark_s"] / first["segspark_s"]
+        slope = (last["segspark_s"] - first["segspark_s"]) / (last["sklearn_s"] - first["sklearn_s"])
+        print(f"\ntime({last['N']}) / time({first['N']}) = {growth:.2f}")
+        print(f"cost per extra customer, segspark / scikit-learn = {slope:.2f}")
+    if not args.no_extras:
+        print()
+        print(extras(args.data).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
 if __name__ == "__main__":

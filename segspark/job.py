@@ -252,7 +252,13 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
         with step("rules"):
             missing_as = imputer_medians(preparation, spec.numeric)
             rules = segment_rules(
-                assigned, spec.numeric, names, missing_as, settings.segments.rule_depth, settings.model.seed
+                assigned,
+                spec.numeric,
+                names,
+                missing_as,
+                settings.segments.rule_depth,
+                settings.model.seed,
+                rows=rows_read - rows_rejected,
             )
     for warning in small_segments(profiles, settings.segments.min_size, clipped=bool(bounds)):
         log.warning("%s", warning)

@@ -26,6 +26,10 @@ QUIET_LOGGERS = (
     "org.apache.hadoop.util.NativeCodeLoader",
 )
 ALLOW_NATIVE_BLAS = "dev.ludovic.netlib.blas.allowNative"
+# A local driver without spark.driver.memory gets this share of the machine's memory (pyspark's own
+# default, 1g, runs out of heap caching ten million customers), within these bounds in MiB
+DRIVER_MEMORY_SHARE = 0.25
+DRIVER_MEMORY_MIB = (1024, 8192)
 
 
 def launched_by_spark_submit() -> bool:
@@ -62,6 +66,28 @@ def local_defaults(master: str) -> dict[str, str]:
     }
 
 
+def machine_memory() -> int:
+    """Bytes of memory this process may use: the machine's, or its container's limit when lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        return total
+    return min(total, int(limit)) if limit.isdigit() else total
+
+
+def default_driver_memory(total: int | None = None) -> str:
+    """spark.driver.memory for a local session that does not set it: DRIVER_MEMORY_SHARE of
+    ``total`` (the machine's memory), within DRIVER_MEMORY_MIB.
+
+    >>> default_driver_memory(24 * 2**30), default_driver_memory(2 * 2**30), default_driver_memory(2**40)
+    ('6144m', '1024m', '8192m')
+    """
+    low, high = DRIVER_MEMORY_MIB
+    share = int(DRIVER_MEMORY_SHARE * (total or machine_memory()) / 2**20)
+    return f"{min(max(share, low), high)}m"
+
+
 def get_session(settings: SparkSettings) -> SparkSession:
     """The active session if there is one; else a new one, with config filling only what is not set.
 
@@ -86,6 +112,12 @@ def get_session(settings: SparkSettings) -> SparkSession:
         merged = {**local_defaults(settings.master), **wanted}
         if local_cores(settings.master) == 0:
             merged = {k: v for k, v in merged.items() if k in wanted or "warehouse" in k}
+        if settings.master.startswith("local") and "spark.driver.memory" not in wanted:
+            merged["spark.driver.memory"] = default_driver_memory()
+            log.info(
+                "spark.driver.memory not set: %s, a quarter of this machine's memory",
+                merged["spark.driver.memory"],
+            )
         builder = builder.master(settings.master)
         for key, value in merged.items():
             builder = builder.config(key, value)

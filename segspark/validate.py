@@ -31,6 +31,7 @@ DECIMAL_COMMA = re.compile(r"[-+]?(\d{1,3}(\.\d{3})+|\d+),\d+")  # 1,5  -12,75  
 DECIMAL_COMMA_SAMPLE = 200  # rows looked at to tell a decimal-comma column
 PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 VALUES = "values"
+DUPLICATE_KEY, REPEATED = "__segspark_id", "__segspark_repeated"  # internal: ids seen more than once
 
 
 @dataclass(frozen=True)
@@ -344,18 +345,34 @@ def is_blank(value: Column) -> Column:
 def _reject_duplicate_ids(checked: DataFrame, spec: FeatureSpec) -> DataFrame:
     """Of the usable rows sharing an id, keep the one with the smallest feature values; reject the rest.
 
-    The choice depends on the values only, never on the input's row order, and the shuffle by id
-    leaves the rows in an order that does not depend on it either, so a run is deterministic.
+    The ids alone are counted first (a shuffle of one column); only the rows of ids that occur more
+    than once then go through the window that ranks them, so a table without duplicates is never
+    shuffled whole. The choice depends on the values only, never on the input's row order, so a run is
+    deterministic.
     """
+    id_column = col(spec.id_column)
+    repeated = (
+        checked.where(id_column.isNotNull())
+        .groupBy(id_column.alias(DUPLICATE_KEY))
+        .count()
+        .where(F.col("count") > 1)
+        .select(DUPLICATE_KEY, F.lit(True).alias(REPEATED))
+    )
+    if repeated.isEmpty():
+        return checked
+    flagged = checked.join(repeated, id_column.eqNullSafe(F.col(DUPLICATE_KEY)), "left").drop(DUPLICATE_KEY)
     order = [F.col(REASON).isNotNull(), *[col(c).asc_nulls_last() for c in spec.columns]]
-    rank = F.row_number().over(Window.partitionBy(col(spec.id_column)).orderBy(*order))
-    is_duplicate = F.col(REASON).isNull() & col(spec.id_column).isNotNull() & (rank > 1)
-    return checked.select(
+    rank = F.row_number().over(Window.partitionBy(id_column).orderBy(*order))
+    is_duplicate = F.col(REASON).isNull() & (rank > 1)
+    ranked = flagged.where(F.col(REPEATED)).select(
         *[col(c) for c in checked.columns if c not in (REASON, VALUES)],
         F.when(is_duplicate, F.lit(DUPLICATE)).otherwise(F.col(REASON)).alias(REASON),
         F.when(is_duplicate, F.to_json(F.struct(*[col(c) for c in spec.columns])))
         .otherwise(F.col(VALUES))
         .alias(VALUES),
+    )
+    return (
+        flagged.where(F.col(REPEATED).isNull()).select(*[col(c) for c in checked.columns]).unionByName(ranked)
     )
 
 

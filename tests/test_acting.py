@@ -206,6 +206,17 @@ def test_a_hand_made_case_gets_the_rules_read_off_the_data(spark):
     assert rules.sql.startswith("CASE\n  WHEN COALESCE(x, 25) <= ") and rules.sql.endswith("ELSE NULL\nEND")
 
 
+def test_rules_learned_on_a_sample_are_measured_on_every_customer(spark, monkeypatch):
+    monkeypatch.setattr("segspark.rules.LEARN_ROWS", 45)  # about half of the 90 customers
+    names = {0: "low", 1: "middle", 2: "high"}
+    bands = _three_bands(spark)
+    rules = segment_rules(bands, ["x", "y"], names, {"x": 25.0, "y": 3.0}, depth=2, seed=1, rows=90)
+    table = rules.table.set_index("segment")
+    # the sample still shows the gaps; precision and coverage count all 30 customers of each band
+    assert table["size"].tolist() == [30, 30, 30]
+    assert table["precision"].tolist() == [1.0, 1.0, 1.0] and table["coverage"].tolist() == [1.0, 1.0, 1.0]
+
+
 def test_a_segment_the_tree_cannot_reach_has_no_rule(spark):
     names = {0: "low", 1: "middle", 2: "high"}
     rules = segment_rules(_three_bands(spark), ["x", "y"], names, {"x": 25.0, "y": 3.0}, depth=1, seed=1)

@@ -147,7 +147,7 @@ def test_each_algorithm_runs_end_to_end(spark, demo_data, tmp_path, algorithm):
     assert adjusted_rand_score(truth["true_segment"], truth["segment"]) >= floor
     stability = result.manifest["k"]["stability"]
     assert stability["runs"] == 2 and stability["mean_ari"] == pytest.approx(np.mean(stability["ari"]))
-    assert 0.9 < stability["mean_ari"] <= 1
+    assert 0.75 < stability["mean_ari"] <= 1
     if algorithm == "gaussian_mixture":
         assert assignments["probability"].between(0, 1).all() and assignments["probability"].mean() > 0.9
     else:
