@@ -180,9 +180,10 @@ class ModelSettings(_Section):
     gap: bool = False  # compute the gap statistic even when selection is not gap (it costs B fits per k)
     gap_references: int = Field(default=10, ge=2)  # B, the reference data sets of the gap statistic
     stability_runs: int = Field(default=0, ge=0)  # refits of the chosen k on bootstrap samples; 0: off
-    # choose k on a uniform sample of this many customers, then fit the chosen k on all; 0: all rows
-    sample_size: int = Field(default=200_000, ge=0)
-    # k values fitted at the same time (Spark runs their jobs side by side); 1: one k after another
+    # fit the preparation and choose k (the centres) on a uniform sample of this many customers, then
+    # assign all of them; 0: all rows (all collected to the driver)
+    sample_size: int = Field(default=50_000, ge=0)
+    # k values fitted at the same time, in threads; 1: one k after another
     parallel_fits: int = Field(default=2, ge=1)
 
     @field_validator("k", mode="before")
