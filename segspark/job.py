@@ -46,6 +46,7 @@ from segspark.features import (
     join_customers,
     order_features,
 )
+from segspark.history import drift_warnings
 from segspark.lake import Lake, read_source, small_table, write_table
 from segspark.metrics import SEGMENT
 from segspark.prepare import FEATURES, build_pipeline, clip_bounds, scaler_of, vector_columns
@@ -349,6 +350,7 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
     )
     if settings.output.report:
         manifest["outputs"]["report"] = f"{run_dir}/{REPORT_FILE}"
+    manifest["warnings"] += drift_warnings(lake, earlier.run_id if earlier else None, manifest)
     lake.write_text(f"{staging}/manifest.json", _to_json(manifest))
     if settings.output.report:
         with step("report"):  # from the staged outputs, exactly as `segspark report` rebuilds it
