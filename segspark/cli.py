@@ -191,6 +191,12 @@ def format_summary(manifest: dict, run_dir: str, seconds: float) -> str:
                 f"coverage {segment['rule_coverage']:.3f}): {segment['rule']}"
             )
     lines += _acting_lines(manifest)
+    if manifest.get("catalog"):
+        catalog = manifest["catalog"]
+        lines.append(
+            f"catalog: partition run_id={manifest['run_id']} of {', '.join(catalog['tables'])}; "
+            f"views {', '.join(catalog['views'])}"
+        )
     if manifest.get("warnings"):
         lines += ["warnings:", *[f"  ! {warning}" for warning in manifest["warnings"]]]
     lines.append(f"outputs: {run_dir}")
