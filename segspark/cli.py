@@ -1,4 +1,4 @@
-"""The command line: ``segspark run | score | report | generate``; ``python -m segspark`` too."""
+"""The command line: ``segspark run | score | report | history | generate``; ``python -m segspark`` too."""
 
 from __future__ import annotations
 
@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="rebuild a run's report.html from its outputs")
     report.add_argument("run", metavar="RUN_DIR|latest", help="a run folder, or latest")
     report.add_argument("--lake", default="lake/segmentation", help="the output.path whose latest run to use")
+
+    history = commands.add_parser("history", help="segments over time: shares, centroids, moves, drift")
+    history.add_argument("--lake", default="lake/segmentation", help="the output.path of the runs")
+    history.add_argument("--runs", type=int, default=None, metavar="N", help="the last N runs (default 10)")
 
     generate = commands.add_parser("generate", help="write synthetic customers with known segments")
     generate.add_argument("--customers", type=int, required=True, metavar="N", help="number of customers")
@@ -127,6 +131,20 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _history(args: argparse.Namespace) -> int:
+    from segspark.config import SparkSettings
+    from segspark.history import DEFAULT_RUNS, format_history, read_history
+    from segspark.lake import Lake
+    from segspark.session import get_session
+
+    runs = DEFAULT_RUNS if args.runs is None else args.runs
+    if runs < 1:
+        raise ConfigError("--runs must be at least 1")
+    lake = Lake(get_session(SparkSettings()), args.lake)
+    print(format_history(read_history(lake, runs), args.lake))
+    return 0
+
+
 def _generate(args: argparse.Namespace) -> int:
     from segspark.generate import write_customers, write_orders
 
@@ -173,6 +191,12 @@ def format_summary(manifest: dict, run_dir: str, seconds: float) -> str:
                 f"coverage {segment['rule_coverage']:.3f}): {segment['rule']}"
             )
     lines += _acting_lines(manifest)
+    if manifest.get("catalog"):
+        catalog = manifest["catalog"]
+        lines.append(
+            f"catalog: partition run_id={manifest['run_id']} of {', '.join(catalog['tables'])}; "
+            f"views {', '.join(catalog['views'])}"
+        )
     if manifest.get("warnings"):
         lines += ["warnings:", *[f"  ! {warning}" for warning in manifest["warnings"]]]
     lines.append(f"outputs: {run_dir}")
@@ -210,4 +234,4 @@ def _orders_line(orders: dict | None) -> list[str]:
     ]
 
 
-COMMANDS = {"run": _run, "score": _score, "report": _report, "generate": _generate}
+COMMANDS = {"run": _run, "score": _score, "report": _report, "history": _history, "generate": _generate}

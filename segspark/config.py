@@ -46,6 +46,8 @@ DEFAULT_SENSITIVE = [
 
 FREE_FORM_MAPS = {"conf", "options"}  # their keys are Spark's, e.g. spark.conf."spark.sql.shuffle.partitions"
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# a database as SQL names it, optionally in a catalog (Unity Catalog's main.segments): no quoting needed
+DATABASE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 
 
 class _Section(BaseModel):
@@ -207,6 +209,20 @@ class PlaybookRule(_Section):
     action: str = Field(min_length=1)
 
 
+class DriftSettings(_Section):
+    """A segment drifts when, since the previous run, its share or its centroid moved more than this."""
+
+    share: float = 0.05  # of all customers: 0.05 is 5 percentage points
+    centroid: float = Field(default=0.5, gt=0)  # standard deviations of the features (the scaled space)
+
+    @field_validator("share")
+    @classmethod
+    def _a_share(cls, value: float) -> float:
+        if not 0 < value < 1:
+            raise ValueError("give a share of the customers between 0 and 1: 0.05 means 5 percentage points")
+        return value
+
+
 class SegmentSettings(_Section):
     display_names: dict[str, str] = Field(default_factory=dict)  # feature -> label in names and report
     name_threshold: float = Field(default=0.5, gt=0)  # |z| from which a feature counts as High / Low
@@ -219,6 +235,27 @@ class SegmentSettings(_Section):
     )  # depth of the tree the segment rules come from; 0: no rules
     # segments below this share of the customers (below 1) or count (1 or more) get a warning
     min_size: float = Field(default=0.005, ge=0)
+    drift: DriftSettings = Field(
+        default_factory=DriftSettings
+    )  # warnings when a segment moved since the last run
+
+
+class CatalogSettings(_Section):
+    """Also publish the outputs as tables of ``database`` (see segspark/catalog.py)."""
+
+    database: str
+    # local mode: the embedded catalog (metastore_db/, warehouse/); default <output.path>/_catalog
+    dir: str | None = None
+
+    @field_validator("database")
+    @classmethod
+    def _sql_name(cls, value: str) -> str:
+        if not DATABASE_PATTERN.match(value):
+            raise ValueError(
+                "use letters, digits and '_', not starting with a digit (e.g. segments), "
+                "or catalog.database (e.g. main.segments)"
+            )
+        return value
 
 
 class OutputSettings(_Section):
@@ -231,6 +268,14 @@ class OutputSettings(_Section):
     # > 0: assignments.group = control for this share of customers (by a hash of id and salt), else treatment
     control_share: float = Field(default=0.0, ge=0, lt=1)
     control_salt: str = "segspark"
+    catalog: CatalogSettings | None = None  # {database: NAME}: tables NAME.assignments, ... and _latest views
+
+    @field_validator("catalog", mode="before")
+    @classmethod
+    def _a_mapping(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            raise ValueError(f"write it as a mapping: output.catalog: {{database: {value}}}")
+        return value
 
     @field_validator("run_id")
     @classmethod
@@ -320,7 +365,12 @@ _WHERE_INPUT = (
     " (set input.customers.path to the customer table, or input.customers.table;"
     " or input.orders.path / input.orders.table to segment from raw orders)"
 )
-_MISSING_HINTS = {"input": _WHERE_INPUT, "input.customers": _WHERE_INPUT, "input.orders": _WHERE_INPUT}
+_MISSING_HINTS = {
+    "input": _WHERE_INPUT,
+    "input.customers": _WHERE_INPUT,
+    "input.orders": _WHERE_INPUT,
+    "output.catalog.database": " (the database for the tables, e.g. output.catalog: {database: segments})",
+}
 
 
 def describe_errors(exc: ValidationError) -> str:

@@ -25,6 +25,7 @@ from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 
 from segspark import __version__
+from segspark.catalog import catalog_section, catalog_tables, check_catalog, session_settings
 from segspark.config import ConsentSettings, Settings
 from segspark.consent import NO_CONSENT, check_consent_column
 from segspark.errors import InputDataError, SegsparkError
@@ -46,6 +47,7 @@ from segspark.features import (
     join_customers,
     order_features,
 )
+from segspark.history import drift_warnings
 from segspark.lake import Lake, read_source, small_table, write_table
 from segspark.metrics import CLUSTER, SEGMENT
 from segspark.prepare import FEATURES, prepare, scaler_of, vector_columns
@@ -126,10 +128,11 @@ def new_run_id() -> str:
 
 def run(settings: Settings, spark: SparkSession | None = None) -> RunResult:
     """Run the whole job and publish its outputs; on failure, earlier runs stay as they were."""
-    spark = spark or get_session(settings.spark)
+    spark = spark or get_session(session_settings(settings))  # with output.catalog: the embedded catalog
     run_id = settings.output.run_id or new_run_id()
     lake = Lake(spark, settings.output.path)
     lake.check_writable(run_id)
+    catalog_warnings = check_catalog(spark, settings.output)  # the catalog opens, before any work
     staging = lake.staging_dir(run_id)
     lake.delete(staging)
     step = StepTimer(spark)
@@ -149,7 +152,7 @@ def run(settings: Settings, spark: SparkSession | None = None) -> RunResult:
             "event_log": event_log_dir(spark),  # the history server shows the run's jobs from here
         },
         "settings": settings.to_dict(),
-        "warnings": [],  # plain sentences for the summary and the report (tiny segments, ...)
+        "warnings": catalog_warnings,  # plain sentences for the summary and the report (tiny segments, ...)
     }
     cached: list[DataFrame] = []
     try:
@@ -356,11 +359,16 @@ def _run_steps(spark, settings, lake, staging, step, manifest, cached) -> RunRes
     )
     if settings.output.report:
         manifest["outputs"]["report"] = f"{run_dir}/{REPORT_FILE}"
+    manifest["warnings"] += drift_warnings(lake, earlier.run_id if earlier else None, manifest)
+    if settings.output.catalog is not None:
+        manifest["catalog"] = catalog_section(settings.output.catalog, manifest)
     lake.write_text(f"{staging}/manifest.json", _to_json(manifest))
     if settings.output.report:
         with step("report"):  # from the staged outputs, exactly as `segspark report` rebuilds it
             write_report(spark, staging)
-    run_dir = lake.publish(manifest["run_id"])
+    # the catalog's tables and views first, then the files; a failure in either undoes both
+    with step("publish"), catalog_tables(spark, lake, settings.output, manifest):
+        run_dir = lake.publish(manifest["run_id"])
     return RunResult(manifest["run_id"], run_dir, manifest, profiles, k_metrics)
 
 

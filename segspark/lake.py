@@ -79,7 +79,7 @@ def read_source(
                 "them, or set spark.conf.spark.sql.caseSensitive: true."
             ) from None
         raise InputDataError(
-            f"{name}: cannot read {where}: {_first_line(exc)}. Check {name}.path/table and format."
+            f"{name}: cannot read {where}: {first_line(exc)}. Check {name}.path/table and format."
         ) from None
 
 
@@ -135,7 +135,8 @@ def small_table(spark: SparkSession, frame: pd.DataFrame) -> DataFrame:
     return spark.range(1).select(F.inline(F.array(*rows)))
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: Exception) -> str:
+    """The first line of an error's message (a Java one runs on for pages)."""
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
@@ -187,6 +188,13 @@ class Lake:
             stream.write(bytearray(text.encode("utf-8")))
         finally:
             stream.close()
+
+    def list_dirs(self, path: str) -> list[str]:
+        """The names of the folders directly in ``path``, sorted (none when it does not exist)."""
+        if not self.exists(path):
+            return []
+        statuses = self._fs(path).listStatus(self._hpath(path))
+        return sorted(str(s.getPath().getName()) for s in statuses if s.isDirectory())
 
     def read_text(self, path: str) -> str:
         fs = self._fs(path)
@@ -249,7 +257,7 @@ class Lake:
             for path in (staged_dir, run_dir, staged_file, root_file):
                 self._quietly(self.delete, path)
             raise OutputError(
-                f"output.path {self.root} is not writable: {_first_line(exc)}. segspark needs to create, "
+                f"output.path {self.root} is not writable: {first_line(exc)}. segspark needs to create, "
                 "rename and replace files in it (runs/, _staging/ and the latest file)"
             ) from None
 
@@ -281,7 +289,7 @@ class Lake:
                 self._quietly(self.rename, retired, final)
             self._quietly(self.delete, pointer)
             raise OutputError(
-                f"could not publish run {run_id} to {self.root}: {_first_line(exc)}. Nothing was published: "
+                f"could not publish run {run_id} to {self.root}: {first_line(exc)}. Nothing was published: "
                 f"the run is back in {staged}, and {self.path(LATEST)} names the run it named before"
             ) from None
         if replaced:
@@ -295,7 +303,7 @@ class Lake:
         try:
             operation(*paths)
         except Exception as exc:
-            log.warning("could not clean up %s: %s", " -> ".join(paths), _first_line(exc))
+            log.warning("could not clean up %s: %s", " -> ".join(paths), first_line(exc))
 
     def latest_run_id(self) -> str | None:
         latest = self.path(LATEST)

@@ -1,7 +1,8 @@
 """The run report: one self-contained HTML file (images and script inlined) that a marketer can read offline.
 
 It is built only from small things: the manifest, the profiles (one row per segment), the metrics per
-k and the run's bounded sample of customers (features and segment, no identifiers).
+k, the run's bounded sample of customers (features and segment, no identifiers), and the manifests of
+the lake's runs before it (segments over time).
 
 The page is a Jinja2 template (``templates/report.html``) with autoescaping: Python computes the
 plain values of each section (a ``Section``), the templates under ``templates/sections/`` lay them
@@ -29,7 +30,8 @@ import pandas as pd  # noqa: E402
 from pyspark.sql import SparkSession  # noqa: E402
 
 from segspark.experiment import act_table, act_text  # noqa: E402
-from segspark.lake import Lake  # noqa: E402
+from segspark.history import History, cells, drift_flags, moves_text, read_history  # noqa: E402
+from segspark.lake import RUNS_DIR, STAGING_DIR, Lake  # noqa: E402
 from segspark.metrics import SEGMENT  # noqa: E402
 
 REPORT_FILE = "report.html"
@@ -115,8 +117,10 @@ def build_report(
     k_metrics: pd.DataFrame,
     sample: pd.DataFrame,
     scatter: list[str] | None = None,
+    history: History | None = None,
 ) -> str:
-    """The report as one HTML string (deterministic for the same inputs)."""
+    """The report as one HTML string (deterministic for the same inputs). ``history``: the lake's runs
+    up to this one, for "Segments over time"."""
     profiles = profiles.sort_values(SEGMENT).reset_index(drop=True)
     numeric = list(manifest.get("features", {}).get("numeric", []))
     names = dict(zip(profiles[SEGMENT], profiles["segment_name"], strict=True))
@@ -131,6 +135,7 @@ def build_report(
         _profiles(profiles, numeric, display),
         _acting(manifest),
         _migration(manifest),
+        _history(history),
         _details(manifest),
     ]
     page = _environment().get_template("report.html")
@@ -482,6 +487,69 @@ def _migration(manifest: dict[str, Any]) -> Section | None:
     return Section("table", "Movement since the previous run", how, {"table": table})
 
 
+def _history(history: History | None) -> Section | None:
+    """Each segment's share and centroid movement over the lake's last runs, moving customers, drift."""
+    if history is None or not history.steps:
+        return None
+    shares, moves, flags, names = (
+        history.shares(),
+        history.centroid_moves(),
+        drift_flags(history),
+        history.names(),
+    )
+    figure, axis = plt.subplots(figsize=(9, 3.6))
+    positions = np.arange(len(shares))
+    for segment in shares.columns:
+        axis.plot(
+            positions,
+            100 * shares[segment],
+            marker="o",
+            color=colour(segment),
+            label=f"{segment}: {names[segment]}",
+        )
+        drifted = [i for i, run_id in enumerate(shares.index) if (run_id, segment) in flags["share"]]
+        axis.scatter(
+            drifted,
+            100 * shares[segment].iloc[drifted],
+            s=160,
+            facecolors="none",
+            edgecolors="#d62728",
+            zorder=3,
+        )
+    axis.set_xticks(positions, [str(r) for r in shares.index], rotation=20, ha="right", fontsize=7)
+    axis.set_ylabel("% of the customers")
+    axis.legend(fontsize=7, **LEGEND_OUTSIDE)
+    figure.tight_layout()
+
+    def grid(frame: pd.DataFrame, fmt, flagged: set) -> Table:
+        return Table(
+            head=["run", *[f"{s}: {names[s]}" for s in frame.columns]], rows=cells(frame, fmt, flagged)
+        )
+
+    step = history.steps[-1]
+    data = {
+        "figure": {
+            "src": _png(figure),
+            "alt": "share of the customers per segment over the runs",
+            "caption": "Share of the customers per segment, run after run; a red circle marks a drift.",
+        },
+        "shares": grid(shares, "{:.1%}".format, flags["share"]),
+        "moves": grid(moves, "{:.2f}".format, flags["centroid"]),
+        "flows": [f"{s.previous_run} → {s.run_id}: {moves_text(s)}" for s in history.steps],
+        "drift": [
+            f"run {run_id}: {warning.removeprefix('drift: ')}" for run_id, warning in history.warnings()
+        ],
+    }
+    how = (
+        f"The last {len(shares)} runs of this lake, oldest first. Segment numbers keep their meaning, so "
+        "a row of the tables follows the same kind of customers. A ! marks a drift since the run before: "
+        f"a share that moved more than {100 * step.drift.share:g} points (segments.drift.share), or a "
+        f"centre that moved more than {step.drift.centroid:g} standard deviations of the features "
+        "(segments.drift.centroid)."
+    )
+    return Section("history", "Segments over time", how, data)
+
+
 def _details(manifest: dict[str, Any]) -> Section:
     timings = manifest.get("timings", {})
     versions = ", ".join(f"{k} {v}" for k, v in manifest.get("versions", {}).items())
@@ -505,10 +573,23 @@ def read_run_tables(
     return manifest, *tables
 
 
+def _lake_of(run_dir: str) -> str | None:
+    """The lake a run folder belongs to (``<lake>/runs/<id>`` or ``<lake>/_staging/<id>``), if it does.
+
+    >>> _lake_of("lake/seg/runs/r1/"), _lake_of("lake/seg/_staging/r1"), _lake_of("copied/r1")
+    ('lake/seg', 'lake/seg', None)
+    """
+    parts = run_dir.rstrip("/").rsplit("/", 2)
+    return parts[0] if len(parts) == 3 and parts[1] in (RUNS_DIR, STAGING_DIR) else None
+
+
 def write_report(spark: SparkSession, run_dir: str) -> str:
-    """Rebuild ``report.html`` of a run from its outputs; returns its path."""
+    """Rebuild ``report.html`` of a run from its outputs (and the lake's runs before it); returns its path."""
     manifest, profiles, k_metrics, sample = read_run_tables(spark, run_dir)
     scatter = manifest["settings"]["output"].get("report_scatter")
+    root = _lake_of(run_dir)
+    history = read_history(Lake(spark, root), current=manifest) if root else None
     path = f"{run_dir}/{REPORT_FILE}"
-    Lake(spark, run_dir).write_text(path, build_report(manifest, profiles, k_metrics, sample, scatter))
+    page = build_report(manifest, profiles, k_metrics, sample, scatter, history)
+    Lake(spark, run_dir).write_text(path, page)
     return path

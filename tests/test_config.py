@@ -165,3 +165,29 @@ def test_a_wrong_type_for_k_does_not_show_pydantic_class_names():
 def test_a_spark_value_that_is_no_yaml_stays_text_for_spark_to_check():
     settings = load_settings(None, ["input.customers.path=x", "spark.conf.spark.sql.shuffle.partitions={bad"])
     assert settings.spark.conf == {"spark.sql.shuffle.partitions": "{bad"}
+
+
+def test_catalog_and_drift_settings_are_checked_with_the_key_named():
+    settings = settings_from_dict({**MINIMAL, "output": {"catalog": {"database": "main.segments"}}})
+    assert (settings.output.catalog.database, settings.output.catalog.dir) == ("main.segments", None)
+    assert (settings.segments.drift.share, settings.segments.drift.centroid) == (0.05, 0.5)
+    for output, message in [
+        ({"catalog": {}}, r"output\.catalog\.database: required .*\{database: segments\}"),
+        (
+            {"catalog": "segments"},
+            r"output\.catalog: write it as a mapping: output\.catalog: \{database: segments\}",
+        ),
+        ({"catalog": {"database": "my-segments"}}, r"output\.catalog\.database: use letters, digits and '_'"),
+        (
+            {"catalog": {"database": "s", "path": "x"}},
+            r"output\.catalog\.path: unknown key; .*: database, dir",
+        ),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            settings_from_dict({**MINIMAL, "output": output})
+    with pytest.raises(
+        ConfigError, match=r"segments\.drift\.share: .*0\.05 means 5 percentage points \(got 5\)"
+    ):
+        settings_from_dict({**MINIMAL, "segments": {"drift": {"share": 5}}})
+    with pytest.raises(ConfigError, match=r"segments\.drift\.centroid: .*greater than 0"):
+        settings_from_dict({**MINIMAL, "segments": {"drift": {"centroid": 0}}})

@@ -1,0 +1,367 @@
+"""Catalog tables: every run's outputs as SQL tables, one partition per run, and views of the latest run.
+
+With ``output.catalog: {database: NAME}`` a run also writes its assignments, profiles and k_metrics (and
+rules, when it has them) as the partition ``run_id=<run id>`` of the tables ``NAME.<output>``, each row
+with ``run_id`` and ``run_ts`` (when the run started, UTC), and points the views ``NAME.<output>_latest``
+(assignments, profiles, k_metrics) at that partition. The rows come from the run's staged files after they
+were verified; the tables use the session's default table format.
+
+All or nothing (``catalog_tables``): every table and view is checked before the first write. Then the
+database and missing tables are created, each table's partition is written (the partition of an earlier
+run with the same id is copied aside first), the views move, and last the run's files are published.
+Each step records how to undo itself first; when any later step fails, the undo steps run in reverse:
+the views show the run they showed, the partitions written are dropped and a replaced one is restored
+from its copy, the tables and the database this run created are dropped. Only a column this run added
+to a table stays (empty for every other run): Spark cannot drop columns of these tables.
+
+Local mode (no spark-submit, master ``local[...]``): the session gets Hive support with an embedded
+Derby metastore and the warehouse under ``output.catalog.dir`` (``session_settings``), so the tables
+outlive the session. Elsewhere the session's own catalog is used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pyspark.sql.functions as F
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import types as T
+
+from segspark.config import CatalogSettings, OutputSettings, Settings, SparkSettings
+from segspark.errors import ConfigError, OutputError
+from segspark.lake import CSV_DEFAULTS, STAGING_DIR, Lake, first_line, ids_as_text
+from segspark.segments import OUTPUT_ID
+from segspark.session import launched_by_spark_submit, local_cores
+from segspark.validate import col
+
+log = logging.getLogger(__name__)
+
+TABLES = ("assignments", "profiles", "k_metrics", "rules")  # written when the run has the output
+VIEWS = ("assignments", "profiles", "k_metrics")  # each with a view <name>_latest
+RUN_ID, RUN_TS = "run_id", "run_ts"
+LATEST = "_latest"
+VIEW_RUN = "segspark.run_id"  # the view's property naming the run it shows
+DEFAULT_DIR = "_catalog"  # under output.path
+WAREHOUSE, METASTORE = "warehouse", "metastore_db"
+HIVE = "hive"
+BACKUP_SUFFIX = ".catalog"  # _staging/<run_id>.catalog/<table>: a replaced partition, until the run is done
+
+
+def catalog_dir(output: OutputSettings) -> str:
+    """The embedded catalog's folder: ``output.catalog.dir``, by default ``<output.path>/_catalog``.
+
+    >>> catalog_dir(OutputSettings(path="/lake/seg", catalog={"database": "segs"}))
+    '/lake/seg/_catalog'
+    """
+    folder = output.catalog.dir or f"{output.path.rstrip('/')}/{DEFAULT_DIR}"
+    local = re.sub(r"^file:(//)?", "", folder)
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", local):
+        key = "output.catalog.dir" if output.catalog.dir else "output.path"
+        raise ConfigError(
+            f"{key}: the embedded catalog of a local run keeps its metastore in a folder on this machine, "
+            f"not at {folder}; set output.catalog.dir to a local folder"
+        )
+    return os.path.abspath(local)
+
+
+def session_conf(settings: Settings) -> dict[str, str]:
+    """What a new local session needs for the embedded catalog: Hive support, the warehouse in
+    ``<dir>/warehouse`` and Derby's metastore in ``<dir>/metastore_db``. Empty without
+    ``output.catalog``, under spark-submit and on a cluster, where the session's own catalog is used."""
+    if (
+        settings.output.catalog is None
+        or launched_by_spark_submit()
+        or local_cores(settings.spark.master) == 0
+    ):
+        return {}
+    folder = catalog_dir(settings.output)
+    return {
+        "spark.sql.catalogImplementation": HIVE,
+        "spark.sql.warehouse.dir": os.path.join(folder, WAREHOUSE),
+        # the same database as a relative "metastore_db" under -Dderby.system.home=<dir> (see the README)
+        "spark.hadoop.javax.jdo.option.ConnectionURL": (
+            f"jdbc:derby:;databaseName={os.path.join(folder, METASTORE)};create=true"
+        ),
+    }
+
+
+def session_settings(settings: Settings) -> SparkSettings:
+    """``settings.spark`` with ``session_conf`` added (entries of ``spark.conf`` win): the settings
+    ``job.run`` builds its session from."""
+    extra = session_conf(settings)
+    if not extra:
+        return settings.spark
+    return settings.spark.model_copy(update={"conf": {**extra, **settings.spark.conf}})
+
+
+def check_catalog(spark: SparkSession, output: OutputSettings) -> list[str]:
+    """Before any work: the catalog opens (embedded Derby takes one JVM at a time). Returns sentences
+    for the manifest's warnings when the session's catalog is not the one asked for."""
+    if output.catalog is None:
+        return []
+    try:
+        spark.catalog.databaseExists(output.catalog.database)
+    except Exception as exc:
+        reason = (
+            "another Spark session has it open (embedded Derby takes one at a time); stop that session "
+            "(a pyspark shell, another run) and run again"
+            if "Another instance of Derby" in str(exc)
+            else first_line(exc)
+        )
+        raise OutputError(
+            f"output.catalog: cannot open the catalog of {output.catalog.database}: {reason}"
+        ) from None
+    implementation = spark.conf.get("spark.sql.catalogImplementation", "in-memory")
+    if implementation != HIVE:
+        warnings = [
+            f"output.catalog: this Spark session keeps its catalog in memory ({implementation}), so the "
+            f"tables of {output.catalog.database} last only as long as the session; run segspark run "
+            "(which sets up the embedded catalog) or give Spark a persistent catalog"
+        ]
+    elif spark.sparkContext.master.startswith("local") and not launched_by_spark_submit():
+        wanted = os.path.join(catalog_dir(output), WAREHOUSE)
+        actual = spark.conf.get("spark.sql.warehouse.dir", "")
+        same = os.path.abspath(re.sub(r"^file:(//)?", "", actual)) == wanted
+        warnings = (
+            []
+            if same
+            else [
+                f"output.catalog.dir: the Spark session was started before this run, with its warehouse at "
+                f"{actual}; the tables go to that catalog, not to {wanted}"
+            ]
+        )
+    else:
+        warnings = []
+    for warning in warnings:
+        log.warning("%s", warning)
+    return warnings
+
+
+def catalog_section(catalog: CatalogSettings, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's ``catalog``: the tables this run writes (those of its outputs), the views, run_ts."""
+    database = catalog.database
+    return {
+        "database": database,
+        "tables": [f"{database}.{name}" for name in TABLES if name in manifest["outputs"]],
+        "views": [f"{database}.{name}{LATEST}" for name in VIEWS],
+        "run_ts": manifest["started_at"],
+    }
+
+
+@contextmanager
+def catalog_tables(
+    spark: SparkSession, lake: Lake, output: OutputSettings, manifest: dict[str, Any]
+) -> Iterator[None]:
+    """Write the run's partitions and move the views, then run the body (publishing the files); if
+    anything fails, undo it all (see the module's docstring). Nothing happens without ``output.catalog``."""
+    if output.catalog is None:
+        yield
+        return
+    run_id, database = manifest["run_id"], output.catalog.database
+    staging = lake.staging_dir(run_id)
+    rows = {
+        name: _staged(spark, f"{staging}/{name}", output.format).withColumn(
+            RUN_TS, F.lit(manifest["started_at"]).cast(T.TimestampType())
+        )
+        for name in TABLES
+        if name in manifest["outputs"]
+    }
+    for name, frame in rows.items():
+        _check_table(spark, f"{database}.{name}", frame)
+    for name in VIEWS:
+        _view_run(spark, f"{database}.{name}{LATEST}")  # refuses a view segspark did not make
+    backups = lake.path(STAGING_DIR, f"{run_id}{BACKUP_SUFFIX}")
+    lake.delete(backups)  # left by a killed attempt
+    undo: list[tuple[str, Callable[[], None]]] = []
+    try:
+        if not spark.catalog.databaseExists(database):
+            undo.append(
+                (f"drop database {database}", lambda: spark.sql(f"DROP DATABASE {_quoted(database)}"))
+            )
+            spark.sql(f"CREATE DATABASE IF NOT EXISTS {_quoted(database)}")
+        for name, frame in rows.items():
+            _replace_partition(spark, f"{database}.{name}", frame, run_id, f"{backups}/{name}", undo)
+        for name in VIEWS:
+            _move_view(spark, f"{database}.{name}", run_id, undo)
+        yield
+    except BaseException:
+        for what, action in reversed(undo):
+            try:
+                action()
+            except Exception as exc:  # keep undoing; the original error is the one to raise
+                log.error("catalog: could not %s: %s", what, first_line(exc))
+        log.warning("catalog: run %s undone in %s; tables and views are as before", run_id, database)
+        raise
+    finally:
+        try:
+            lake.delete(backups)
+        except Exception as exc:
+            log.warning("catalog: could not remove %s: %s", backups, exc)
+    log.info("catalog: run %s is in the tables of %s, and the %s views show it", run_id, database, LATEST)
+
+
+def write_partition(spark: SparkSession, table: str, rows: DataFrame, run_id: str) -> None:
+    """Replace the table's partition ``run_id`` with ``rows`` (in the table's column order)."""
+    log.info("catalog: writing %s, partition run_id=%s", table, run_id)
+    spark.sql(
+        f"INSERT OVERWRITE TABLE {_quoted(table)} PARTITION ({RUN_ID} = {_literal(run_id)}) "
+        "SELECT * FROM {rows}",
+        rows=rows,
+    )
+
+
+def point_view(spark: SparkSession, view: str, table: str, run_id: str) -> None:
+    """``view``: the rows of run ``run_id`` in ``table``; its property ``segspark.run_id`` names the run."""
+    spark.sql(
+        f"CREATE OR REPLACE VIEW {_quoted(view)} TBLPROPERTIES ('{VIEW_RUN}' = {_literal(run_id)}) "
+        f"AS SELECT * FROM {_quoted(table)} WHERE {RUN_ID} = {_literal(run_id)}"
+    )
+
+
+def _replace_partition(
+    spark: SparkSession, table: str, frame: DataFrame, run_id: str, backup: str, undo: list
+) -> None:
+    """Write ``frame`` as the table's partition ``run_id``, creating the table or adding columns first;
+    ``undo`` gets how to take it back (drop the table or the partition, or restore a replaced one)."""
+    if not spark.catalog.tableExists(table):
+        undo.append((f"drop table {table}", lambda: spark.sql(f"DROP TABLE IF EXISTS {_quoted(table)}")))
+        frame.limit(0).withColumn(RUN_ID, F.lit(run_id)).write.partitionBy(RUN_ID).saveAsTable(table)
+    else:
+        new = [f for f in frame.schema.fields if f.name not in spark.table(table).columns]
+        if new:  # a column this run has and earlier runs had not: NULL for them
+            added = ", ".join(f"{_identifier(f.name)} {f.dataType.simpleString()}" for f in new)
+            spark.sql(f"ALTER TABLE {_quoted(table)} ADD COLUMNS ({added})")
+        replaced = spark.table(table).filter(F.col(RUN_ID) == F.lit(run_id)).drop(RUN_ID)
+        if replaced.limit(1).count():  # a re-run: keep the rows it replaces until the run is done
+            replaced.write.mode("overwrite").parquet(backup)
+
+            def restore() -> None:
+                write_partition(spark, table, _aligned(spark.read.parquet(backup), spark, table), run_id)
+
+            undo.append((f"restore partition run_id={run_id} of {table}", restore))
+        else:
+            undo.append(
+                (f"drop partition run_id={run_id} of {table}", lambda: _drop_partition(spark, table, run_id))
+            )
+    write_partition(spark, table, _aligned(frame, spark, table), run_id)
+
+
+def _move_view(spark: SparkSession, table: str, run_id: str, undo: list) -> None:
+    view = f"{table}{LATEST}"
+    shown = _view_run(spark, view)
+    if shown is None:
+        undo.append((f"drop view {view}", lambda: spark.sql(f"DROP VIEW IF EXISTS {_quoted(view)}")))
+    else:
+        undo.append((f"point {view} back at run {shown}", lambda: point_view(spark, view, table, shown)))
+    point_view(spark, view, table, run_id)
+
+
+def _view_run(spark: SparkSession, view: str) -> str | None:
+    """The run a ``_latest`` view shows (None: no such view yet); refuses anything segspark did not make."""
+    if not spark.catalog.tableExists(view):
+        return None
+    properties = {
+        row["key"]: row["value"] for row in spark.sql(f"SHOW TBLPROPERTIES {_quoted(view)}").collect()
+    }
+    if spark.catalog.getTable(view).tableType != "VIEW" or VIEW_RUN not in properties:
+        raise OutputError(
+            f"output.catalog: {view} exists and was not made by segspark; rename or drop it, or choose "
+            "another output.catalog.database"
+        )
+    return properties[VIEW_RUN]
+
+
+def _check_table(spark: SparkSession, table: str, frame: DataFrame) -> None:
+    """An existing table must be partitioned by run_id and hold this run's columns in types that fit."""
+    if not spark.catalog.tableExists(table):
+        return
+    partitions = [c.name for c in spark.catalog.listColumns(table) if c.isPartition]
+    if partitions != [RUN_ID]:
+        raise OutputError(
+            f"output.catalog: table {table} exists but is not partitioned by {RUN_ID} alone, so segspark did "
+            "not make it; rename or drop it, or choose another output.catalog.database"
+        )
+    types = {f.name: f.dataType for f in spark.table(table).schema.fields}
+    clashes = [
+        f"{f.name} is {types[f.name].simpleString()} there and {f.dataType.simpleString()} in this run"
+        for f in frame.schema.fields
+        if f.name in types and not _fits(f.dataType, types[f.name])
+    ]
+    if clashes:
+        raise OutputError(
+            f"output.catalog: this run's rows do not fit table {table}: {'; '.join(clashes)}. Write to "
+            "another output.catalog.database, or drop the table to start it afresh"
+        )
+
+
+def _fits(new: T.DataType, old: T.DataType) -> bool:
+    """A value of type ``new`` can go into a column of type ``old`` without loss.
+
+    >>> _fits(T.IntegerType(), T.LongType()), _fits(T.LongType(), T.DoubleType())
+    (True, True)
+    >>> _fits(T.StringType(), T.LongType()), _fits(T.DoubleType(), T.LongType())
+    (False, False)
+    """
+    if new.simpleString() == old.simpleString():
+        return True
+    if isinstance(old, T.DoubleType):
+        return isinstance(new, T.NumericType)
+    return isinstance(old, T.LongType) and isinstance(new, T.IntegralType)
+
+
+def _aligned(frame: DataFrame, spark: SparkSession, table: str) -> DataFrame:
+    """``frame`` in the table's column order (run_id aside): cast to the table's types, NULL where absent."""
+    present = set(frame.columns)
+    return frame.select(
+        *[
+            (col(f.name).cast(f.dataType) if f.name in present else F.lit(None).cast(f.dataType)).alias(
+                f.name
+            )
+            for f in spark.table(table).schema.fields
+            if f.name != RUN_ID
+        ]
+    )
+
+
+def _drop_partition(spark: SparkSession, table: str, run_id: str) -> None:
+    try:
+        spark.sql(f"ALTER TABLE {_quoted(table)} DROP IF EXISTS PARTITION ({RUN_ID} = {_literal(run_id)})")
+    except Exception:  # table formats without Hive-style partitions (Delta, Iceberg) delete rows instead
+        spark.sql(f"DELETE FROM {_quoted(table)} WHERE {RUN_ID} = {_literal(run_id)}")
+
+
+def _staged(spark: SparkSession, path: str, fmt: str) -> DataFrame:
+    """A staged output as written; from csv and json the customer id is read as text, as it was written."""
+    reader = spark.read.format(fmt).options(**(CSV_DEFAULTS if fmt == "csv" else {}))
+    frame = reader.load(path)
+    if fmt in ("csv", "json"):
+        frame = reader.schema(ids_as_text(frame.schema, (OUTPUT_ID,))).load(path)
+    return frame
+
+
+def _identifier(name: str) -> str:
+    """A column name in backticks: ``spend.score_mean`` is one name, not a field of a struct."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _quoted(name: str) -> str:
+    """``db.table`` (database names have no dots of their own, see config.DATABASE_PATTERN).
+
+    >>> _quoted("segs.k_metrics")
+    '`segs`.`k_metrics`'
+    """
+    return ".".join(_identifier(part) for part in name.split("."))
+
+
+def _literal(text: str) -> str:
+    """A SQL string literal (run ids are letters, digits, '_', '.' and '-' anyway).
+
+    >>> _literal("20261128T091235Z-3ba4c9")
+    "'20261128T091235Z-3ba4c9'"
+    """
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"

@@ -1,0 +1,216 @@
+"""A test-only driver for tests/test_catalog.py: runs into one lake with a real embedded Hive/Derby
+catalog, in a process of its own (the suite's shared session has no Hive support, and Spark reads the
+catalog settings only when its JVM starts). What it sees goes to WORK/observed.json for the test.
+
+python tests/catalog_driver.py first  WORK   # runs r1 and r2 with `segspark run` (its own session)
+python tests/catalog_driver.py second WORK   # a plain session with the README's settings reads them,
+                                             # runs r3, shows the history, then fails runs on purpose
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import segspark.catalog
+from segspark import catalog
+from segspark.cli import main
+from segspark.config import load_settings
+from segspark.errors import OutputError
+from segspark.history import read_history
+from segspark.job import run
+from segspark.lake import Lake
+
+DATABASE = "segs"
+
+
+class InjectedError(RuntimeError):
+    """The failure a test step raises on purpose."""
+
+
+STARTED = time.perf_counter()
+
+
+def mark(what: str) -> None:
+    """A progress line with the seconds since the driver started (stderr)."""
+    print(f"[{time.perf_counter() - STARTED:6.1f}s] {what}", file=sys.stderr, flush=True)
+
+
+def cli(*args: str) -> str:
+    mark(f"segspark {args[0]}")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(list(args))
+    assert code == 0, f"segspark {' '.join(args)} exited {code}"
+    return out.getvalue()
+
+
+def segspark_run(work: Path, run_id: str, *overrides: str) -> str:
+    """`segspark run` of the test's config on the customers of ``run_id``: its summary."""
+    path = f"input.customers.path={work / run_id}.parquet"
+    overrides = [part for o in (f"output.run_id={run_id}", path, *overrides) for part in ("--set", o)]
+    return cli("run", "--config", str(work / "config.yaml"), *overrides)
+
+
+def first(work: Path) -> dict:
+    return {run_id: segspark_run(work, run_id, "output.report=false") for run_id in ("r1", "r2")}
+
+
+def snapshot(spark) -> dict:
+    """Everything a SQL user could see of the database: objects, columns, rows per run (with a
+    checksum of their values), partitions, and the run each view shows."""
+    names = sorted(row["tableName"] for row in spark.sql(f"SHOW TABLES IN {DATABASE}").collect())
+    counts = " UNION ALL ".join(  # one Spark job for all of them
+        f"SELECT '{name}' AS name, run_id, count(*) AS n, bit_xor(xxhash64(*)) AS checksum "
+        f"FROM {DATABASE}.{name} GROUP BY run_id"
+        for name in names
+    )
+    runs = spark.sql(counts).collect() if names else []
+    seen: dict = {"objects": names}
+    for name in names:
+        full = f"{DATABASE}.{name}"
+        seen[name] = {
+            "columns": spark.table(full).columns,
+            "runs": sorted([r["run_id"], r["n"], r["checksum"]] for r in runs if r["name"] == name),
+        }
+        if name.endswith(catalog.LATEST):
+            properties = spark.sql(f"SHOW TBLPROPERTIES {full}").collect()
+            seen[name]["shows"] = {r["key"]: r["value"] for r in properties}.get(catalog.VIEW_RUN)
+        else:
+            seen[name]["partitions"] = sorted(r[0] for r in spark.sql(f"SHOW PARTITIONS {full}").collect())
+    return seen
+
+
+@contextlib.contextmanager
+def failing(module, name: str, after: int):
+    """``module.name`` raises InjectedError once, right after its ``after``-th call has done its work."""
+    real, calls = getattr(module, name), []
+
+    def wrapper(*args, **kwargs):
+        result = real(*args, **kwargs)
+        calls.append(name)
+        if len(calls) == after:
+            raise InjectedError(f"injected after {name} #{after}")
+        return result
+
+    setattr(module, name, wrapper)
+    try:
+        yield
+    finally:
+        setattr(module, name, real)
+
+
+def failed_attempts(spark, lake: Lake, settings, run_id: str, points: list[tuple[str, int]]) -> dict:
+    """Publish run r3's outputs again as run ``run_id``, failing at each point; the state after each."""
+    staged = Path(lake.staging_dir(run_id))
+    shutil.rmtree(staged, ignore_errors=True)
+    shutil.copytree(Path(lake.run_dir("r3")), staged)
+    # another start time: the rows differ from the ones they would replace (a re-run of r3)
+    manifest = json.loads((staged / "manifest.json").read_text()) | {
+        "run_id": run_id,
+        "started_at": "2030-01-01T00:00:00+00:00",
+    }
+    seen = {}
+    for name, after in points:
+        label = f"{run_id}: after {name} #{after}"
+        mark(label)
+        try:
+            if name == "publish":  # the files' publishing, the last step, fails
+                with catalog.catalog_tables(spark, lake, settings.output, manifest):
+                    raise InjectedError("injected in publishing the files")
+            with (
+                failing(segspark.catalog, name, after),
+                catalog.catalog_tables(spark, lake, settings.output, manifest),
+            ):
+                pass
+        except InjectedError:
+            seen[label] = snapshot(spark)
+        else:
+            raise AssertionError(f"{label}: no failure")
+    shutil.rmtree(staged)
+    seen["backups left"] = sorted(p.name for p in (Path(lake.root) / "_staging").glob("*.catalog"))
+    return seen
+
+
+def second(work: Path) -> dict:
+    from pyspark.sql import SparkSession
+
+    folder = work / "lake" / "_catalog"
+    spark = (  # exactly the settings the README gives for another session
+        SparkSession.builder.master("local[2]")
+        .enableHiveSupport()
+        .config("spark.sql.warehouse.dir", f"{folder}/warehouse")
+        .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={folder}")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    seen = {"before r3": snapshot(spark)}
+    seen["summary r3"] = segspark_run(work, "r3")
+    seen["after r3"] = snapshot(spark)
+    spark.table(f"{DATABASE}.assignments_latest").toPandas().to_parquet(work / "assignments_latest.parquet")
+    seen["history text"] = cli("history", "--lake", str(work / "lake"))
+    lake = Lake(spark, str(work / "lake"))
+    history = read_history(lake)
+    seen["history"] = {
+        "runs": history.run_ids,
+        "shares": {run_id: row.dropna().to_dict() for run_id, row in history.shares().iterrows()},
+        "moves": {s.run_id: {c.segment: c.centroid_move for c in s.changes} for s in history.steps},
+        "stayed": {s.run_id: s.moves.stayed for s in history.steps},
+        "changed": {s.run_id: s.moves.changed for s in history.steps},
+        "new": {s.run_id: s.moves.new for s in history.steps},
+    }
+
+    inputs = [f"input.customers.path={work / 'r3'}.parquet"]
+    settings = load_settings(work / "config.yaml", inputs)
+    # run r4 fails right after each table write and after each of the first two views moved ...
+    points = [("write_partition", n) for n in (1, 2, 3, 4)] + [("point_view", n) for n in (1, 2)]
+    seen["failed"] = failed_attempts(spark, lake, settings, "r4", points)
+
+    # ... and, after the third, as the job publishes the run's files (quickly: one start per fit, no
+    # rules, no report; it fails anyway)
+    def disk_full(self, run_id):
+        raise InjectedError(f"injected: the disk is full as run {run_id} publishes")
+
+    real_publish, Lake.publish = Lake.publish, disk_full
+    mark("r4 through the job")
+    try:
+        quick = ["output.run_id=r4", "model.restarts=1", "output.report=false", "segments.rule_depth=0"]
+        run(load_settings(work / "config.yaml", [*inputs, *quick]), spark)
+    except InjectedError:
+        seen["after failed r4"] = snapshot(spark)
+    finally:
+        Lake.publish = real_publish
+    # a re-run of r3 that fails as it publishes its files: the replaced partitions come back from copies
+    seen["failed again"] = failed_attempts(spark, lake, settings, "r3", [("publish", 0)])
+
+    # a table segspark did not make is refused before anything is written
+    spark.sql("CREATE DATABASE IF NOT EXISTS other")
+    spark.sql("CREATE TABLE IF NOT EXISTS other.profiles (segment INT) USING parquet")
+    other = settings.output.model_copy(
+        update={"catalog": settings.output.catalog.model_copy(update={"database": "other"})}
+    )
+    manifest = json.loads((Path(lake.run_dir("r3")) / "manifest.json").read_text()) | {"run_id": "r5"}
+    shutil.copytree(Path(lake.run_dir("r3")), Path(lake.staging_dir("r5")))
+    try:
+        with catalog.catalog_tables(spark, lake, other, manifest):
+            pass
+    except OutputError as exc:
+        seen["refused"] = str(exc)
+    seen["other"] = sorted(row["tableName"] for row in spark.sql("SHOW TABLES IN other").collect())
+    spark.stop()
+    return seen
+
+
+if __name__ == "__main__":
+    phase, work = sys.argv[1], Path(sys.argv[2])
+    observed = {"first": first, "second": second}[phase](work)
+    mark("done")
+    (work / f"{phase}.json").write_text(json.dumps(observed, indent=1, default=str))

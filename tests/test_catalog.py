@@ -1,0 +1,292 @@
+"""Catalog tables, latest views, history and drift: three runs into one lake with shifting customers
+(one segment grows, one drifts), with a real embedded Hive/Derby catalog.
+
+The runs happen in two driver processes (tests/catalog_driver.py): the first runs r1 and r2 with
+`segspark run`, which sets up the embedded catalog; the second starts a plain pyspark session with the
+settings the README gives, reads what the first wrote, runs r3, and then fails runs on purpose at every
+step after the first table write. Expected values come from pandas on the runs' written files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from segspark.catalog import session_conf, session_settings
+from segspark.config import settings_from_dict
+from segspark.errors import ConfigError
+from segspark.generate import ARCHETYPES, BOUNDS, FEATURES, ROUNDING
+from tests.conftest import REPO
+
+RUNS = ["r1", "r2", "r3"]
+COUNTS = [600, 400, 400, 300, 300]  # customers per archetype in r1 (generate.ARCHETYPES order)
+MAINSTREAM, AFFLUENT, YOUNG, CAREFUL = 0, 1, 2, 3
+GROWTH = 250  # r2: this many more young impulse buyers (20.0% -> 28.9% of the customers)
+AGE_SHIFT = 12  # r3: the careful high earners are this many years older (about 1 sd of age)
+MOVERS = 50  # r3: mainstream customers who now look affluent (a 2.2-point shift each way)
+TABLES = ["assignments", "k_metrics", "profiles", "rules"]
+VIEWS = ["assignments_latest", "k_metrics_latest", "profiles_latest"]
+
+
+def _draw(rng: np.random.Generator, archetype: int, n: int) -> pd.DataFrame:
+    spec = ARCHETYPES[archetype]
+    frame = pd.DataFrame({f: rng.normal(spec.mean[f], spec.std[f], n) for f in FEATURES})
+    for f in FEATURES:
+        low, high = BOUNDS[f]
+        frame[f] = frame[f].clip(low, high).round(ROUNDING[f])
+    return frame.assign(true_segment=archetype)
+
+
+def shifting_customers(seed: int = 5) -> dict[str, pd.DataFrame]:
+    rng = np.random.default_rng(seed)
+    r1 = pd.concat([_draw(rng, a, n) for a, n in enumerate(COUNTS)], ignore_index=True)
+    r2 = pd.concat([r1, _draw(rng, YOUNG, GROWTH)], ignore_index=True)
+    r2.insert(0, "customer_id", [f"C{i:05d}" for i in range(1, len(r2) + 1)])
+    r1 = r2.head(len(r1))
+    r3 = r2.copy()
+    careful = r3["true_segment"] == CAREFUL
+    r3.loc[careful, "age"] = (r3.loc[careful, "age"] + AGE_SHIFT).clip(*BOUNDS["age"])
+    movers = r3.index[r3["true_segment"] == MAINSTREAM][:MOVERS]
+    r3.loc[movers, FEATURES] = _draw(rng, AFFLUENT, MOVERS)[FEATURES].to_numpy()
+    r3.loc[movers, "true_segment"] = AFFLUENT
+    return {"r1": r1, "r2": r2, "r3": r3}
+
+
+@dataclass
+class Lake:
+    work: Path
+    inputs: dict[str, pd.DataFrame]
+    first: dict
+    second: dict
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.work / "lake" / "runs" / run_id
+
+    def read(self, run_id: str, name: str) -> pd.DataFrame:
+        return pd.read_parquet(self.run_dir(run_id) / name)
+
+    def manifest(self, run_id: str) -> dict:
+        return json.loads((self.run_dir(run_id) / "manifest.json").read_text())
+
+
+def _driver(phase: str, work: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_GATEWAY")}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "catalog_driver.py"), phase, str(work)],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    (work / f"{phase}.log").write_text(result.stderr)
+    return json.loads((work / f"{phase}.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory) -> Lake:
+    work = tmp_path_factory.mktemp("catalog")
+    inputs = shifting_customers()
+    for run_id, frame in inputs.items():
+        frame.drop(columns="true_segment").to_parquet(work / f"{run_id}.parquet", index=False)
+    config = {
+        "spark": {
+            "master": "local[2]",
+            "conf": {"spark.ui.enabled": False, "spark.sql.shuffle.partitions": 2},
+        },
+        "input": {"customers": {"path": str(work / "r1.parquet")}},
+        "model": {"k": 5, "seed": 42},
+        "segments": {"drift": {"share": 0.05, "centroid": 0.5}},
+        "output": {"path": str(work / "lake"), "catalog": {"database": "segs"}},
+    }
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    return Lake(work, inputs, _driver("first", work), _driver("second", work))
+
+
+def _segment_of(lake: Lake, run_id: str, archetype: int) -> int:
+    """The segment most customers of a generated archetype were assigned to."""
+    joined = lake.inputs[run_id].merge(lake.read(run_id, "assignments"), on="customer_id")
+    return int(joined.loc[joined["true_segment"] == archetype, "segment"].mode()[0])
+
+
+def _rows(lake: Lake, name: str) -> list[list]:
+    """Rows per run of an output, from its files: [[run_id, rows], ...]."""
+    return [[run_id, len(lake.read(run_id, name))] for run_id in RUNS]
+
+
+@pytest.mark.slow
+def test_tables_hold_each_run_as_a_partition_with_its_rows(lake):
+    after = lake.second["after r3"]
+    assert after["objects"] == sorted(TABLES + VIEWS)
+    for name in TABLES:
+        assert after[name]["partitions"] == [f"run_id={r}" for r in RUNS], name
+        assert [run[:2] for run in after[name]["runs"]] == _rows(lake, name), name
+        assert after[name]["columns"][-2:] == ["run_ts", "run_id"], name
+    assert _rows(lake, "assignments") == [["r1", 2000], ["r2", 2250], ["r3", 2250]]
+
+
+@pytest.mark.slow
+def test_another_session_with_the_readme_settings_reads_the_first_two_runs(lake):
+    before = lake.second["before r3"]  # a plain pyspark session, started after `segspark run` twice
+    assert before["assignments"]["partitions"] == ["run_id=r1", "run_id=r2"]
+    assert [run[:2] for run in before["assignments"]["runs"]] == [["r1", 2000], ["r2", 2250]]
+    assert {before[view]["shows"] for view in VIEWS} == {"r2"}
+    assert "catalog: partition run_id=r2 of segs.assignments, segs.profiles" in lake.first["r2"]
+
+
+@pytest.mark.slow
+def test_latest_views_show_the_third_run(lake):
+    after = lake.second["after r3"]
+    for view in VIEWS:
+        table = view.removesuffix("_latest")
+        assert after[view]["shows"] == "r3"
+        assert after[view]["runs"] == [run for run in after[table]["runs"] if run[0] == "r3"], view
+    latest = pd.read_parquet(lake.work / "assignments_latest.parquet").sort_values("customer_id")
+    files = lake.read("r3", "assignments").sort_values("customer_id")
+    pd.testing.assert_frame_equal(
+        latest[files.columns].reset_index(drop=True), files.reset_index(drop=True), check_dtype=False
+    )
+    started = pd.Timestamp(lake.manifest("r3")["started_at"]).tz_convert(None)
+    assert (latest["run_ts"] == started).all() and (latest["run_id"] == "r3").all()
+
+
+@pytest.mark.slow
+def test_history_equals_pandas_on_the_runs_outputs(lake):
+    history = lake.second["history"]
+    assert history["runs"] == RUNS
+    for run_id in RUNS:
+        shares = lake.read(run_id, "assignments")["segment"].value_counts(normalize=True)
+        actual = {int(s): v for s, v in history["shares"][run_id].items()}
+        assert actual == pytest.approx(shares.to_dict(), abs=1e-12), run_id
+    for before, after in zip(RUNS, RUNS[1:], strict=False):
+        # centroids: the profiles' <feature>_centroid; standard deviations of the later run's input
+        std = lake.inputs[after][FEATURES].std(ddof=1)
+        old, new = (lake.read(r, "profiles").set_index("segment") for r in (before, after))
+        columns = [f"{f}_centroid" for f in FEATURES]
+        moves = np.sqrt((((new[columns] - old[columns]) / std.to_numpy()) ** 2).sum(axis=1))
+        actual = {int(s): v for s, v in history["moves"][after].items()}
+        assert actual == pytest.approx(moves.to_dict(), rel=1e-9, abs=1e-12), after
+        both = lake.read(before, "assignments").merge(
+            lake.read(after, "assignments"), on="customer_id", how="outer", suffixes=("_0", "_1")
+        )
+        present = both["segment_0"].notna() & both["segment_1"].notna()
+        assert history["stayed"][after] == (present & (both["segment_0"] == both["segment_1"])).sum()
+        assert history["changed"][after] == (present & (both["segment_0"] != both["segment_1"])).sum()
+        assert history["new"][after] == both["segment_0"].isna().sum()
+    assert history["new"]["r2"] == GROWTH and history["changed"]["r3"] >= MOVERS
+
+
+def _drifted(lake: Lake, run_id: str) -> set[int]:
+    """Segments named by the run's drift warnings (manifest)."""
+    warnings = [w for w in lake.manifest(run_id)["warnings"] if w.startswith("drift:")]
+    return {int(re.search(r"segment (\d+) \(", w).group(1)) for w in warnings}
+
+
+@pytest.mark.slow
+def test_drift_warnings_fire_exactly_for_the_segment_that_grew_and_the_one_that_moved(lake):
+    expected = {}
+    for before, after in zip(RUNS, RUNS[1:], strict=False):
+        old, new = (
+            lake.read(r, "assignments")["segment"].value_counts(normalize=True) for r in (before, after)
+        )
+        std = lake.inputs[after][FEATURES].std(ddof=1).to_numpy()
+        centroids = [
+            lake.read(r, "profiles").set_index("segment")[[f"{f}_centroid" for f in FEATURES]]
+            for r in (before, after)
+        ]
+        moves = np.sqrt((((centroids[1] - centroids[0]) / std) ** 2).sum(axis=1))
+        expected[after] = set(old.index[(new - old).abs() > 0.05]) | set(moves.index[moves > 0.5])
+    assert expected == {"r2": {_segment_of(lake, "r2", YOUNG)}, "r3": {_segment_of(lake, "r3", CAREFUL)}}
+    assert _drifted(lake, "r1") == set()
+    assert {run_id: _drifted(lake, run_id) for run_id in ("r2", "r3")} == expected
+    summary = lake.second["summary r3"]
+    assert f"! drift: the centre of segment {_segment_of(lake, 'r3', CAREFUL)} (" in summary
+    assert "(most in age: +" in summary
+
+
+@pytest.mark.slow
+def test_a_failed_run_at_any_step_leaves_tables_and_views_as_they_were(lake):
+    after = lake.second["after r3"]
+    for attempts in (lake.second["failed"], lake.second["failed again"]):
+        assert attempts.pop("backups left") == []  # the copies of replaced partitions are gone
+        for label, seen in attempts.items():
+            assert seen == after, label
+    # r4 fails after each of the 4 table writes and the first 2 views' moves, then (the job's run) in
+    # publishing the files after the third; a re-run of r3 fails there too
+    assert len(lake.second["failed"]) == 4 + 2 and len(lake.second["failed again"]) == 1
+    assert lake.second["after failed r4"] == after
+    assert (lake.work / "lake" / "latest").read_text().strip() == "r3"
+    assert sorted(p.name for p in (lake.work / "lake" / "runs").iterdir()) == RUNS
+    failed = json.loads((lake.work / "lake" / "_staging" / "r4" / "manifest.json").read_text())
+    assert failed["status"] == "failed" and "disk is full" in failed["error"]
+
+
+@pytest.mark.slow
+def test_a_table_segspark_did_not_make_is_refused_before_any_write(lake):
+    assert "other.profiles exists but is not partitioned by run_id" in lake.second["refused"]
+    assert lake.second["other"] == ["profiles"]  # no assignments table was created first
+
+
+@pytest.mark.slow
+def test_history_command_and_report_show_the_segments_over_time(lake):
+    text = lake.second["history text"]
+    careful, young = _segment_of(lake, "r3", CAREFUL), _segment_of(lake, "r2", YOUNG)
+    assert "segments over the last 3 runs of" in text
+    assert re.search(rf"\n  r1 -> r2: [\d,]+ stayed, \d+ changed segment.*, {GROWTH} new, 0 gone\n", text)
+    assert f"! r2: segment {young} (" in text and f"! r3: the centre of segment {careful} (" in text
+    report = (lake.run_dir("r3") / "report.html").read_text()
+    assert "<h2>Segments over time</h2>" in report
+    assert f"run r3: the centre of segment {careful} (" in report
+
+
+def _settings(**output) -> object:
+    return settings_from_dict({"input": {"customers": {"path": "x"}}, "output": output})
+
+
+def test_a_local_run_gets_the_embedded_catalog_under_the_lake(tmp_path):
+    settings = _settings(path=str(tmp_path / "lake"), catalog={"database": "segs"})
+    assert session_conf(settings) == {
+        "spark.sql.catalogImplementation": "hive",
+        "spark.sql.warehouse.dir": f"{tmp_path}/lake/_catalog/warehouse",
+        "spark.hadoop.javax.jdo.option.ConnectionURL": (
+            f"jdbc:derby:;databaseName={tmp_path}/lake/_catalog/metastore_db;create=true"
+        ),
+    }
+    mine = settings.model_copy(
+        update={"spark": settings.spark.model_copy(update={"conf": {"spark.sql.warehouse.dir": "/w"}})}
+    )
+    assert session_settings(mine).effective_conf()["spark.sql.warehouse.dir"] == "/w"  # spark.conf wins
+
+
+def test_the_sessions_own_catalog_is_used_on_a_cluster_under_spark_submit_and_without_catalog(monkeypatch):
+    assert session_conf(_settings(catalog={"database": "segs", "dir": "/c"}))  # local[*]: the embedded one
+    assert session_conf(_settings()) == {}
+    on_cluster = settings_from_dict(
+        {
+            "input": {"customers": {"path": "x"}},
+            "spark": {"master": "yarn"},
+            "output": {"catalog": {"database": "s"}},
+        }
+    )
+    assert session_conf(on_cluster) == {}
+    monkeypatch.setenv("PYSPARK_GATEWAY_PORT", "12345")  # what spark-submit hands its Python driver
+    assert session_conf(_settings(catalog={"database": "segs"})) == {}
+
+
+def test_an_embedded_catalog_in_an_object_store_is_refused_with_the_key_to_set():
+    with pytest.raises(ConfigError, match=r"^output\.path: the embedded catalog .* set output\.catalog\.dir"):
+        session_conf(_settings(path="s3a://bucket/seg", catalog={"database": "segs"}))
+    local = _settings(path="s3a://bucket/seg", catalog={"database": "segs", "dir": "file:/tmp/cat"})
+    assert session_conf(local)["spark.sql.warehouse.dir"] == "/tmp/cat/warehouse"
