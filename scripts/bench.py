@@ -134,7 +134,9 @@ def spark_work(event_log: Path) -> pd.DataFrame:
         for child in plan["children"]:
             scans(child)
 
-    for path in event_log.iterdir():
+    # Spark 3.5 writes one file named after the application; 4.x a folder with events_1_<id> in it
+    files = [p for p in event_log.rglob("*") if p.is_file() and not p.name.startswith((".", "appstatus"))]
+    for path in files:
         with path.open() as lines:
             for line in lines:
                 event = json.loads(line)

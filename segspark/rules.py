@@ -34,7 +34,7 @@ METHODS = ("tree", "per_segment")
 RULE_FEATURES = "__rule_features"
 RULE_LABEL = "__rule_label"
 MAX_BINS = 64  # candidate thresholds per feature; more bins find the gaps between segments more exactly
-LEARN_ROWS = 200_000  # customers the tree learns from, at most: thresholds need no more
+LEARN_ROWS = 50_000  # customers the tree learns from, at most: thresholds need no more
 SAFE_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 # Words that may not stand unquoted as a column name in Spark SQL or common ANSI engines.
 RESERVED = frozenset(
@@ -425,11 +425,15 @@ def segment_rules(
     ``assigned``), the rules are learned on a uniform sample of about LEARN_ROWS customers; their
     precision and coverage are always measured on all of them."""
     segments = sorted(names)
-    learn_from = assigned
-    if rows is not None and rows > LEARN_ROWS:
-        learn_from = assigned.sample(fraction=LEARN_ROWS / rows, seed=seed)
-    spread = feature_stats(learn_from, features)
-    rules = learn_rules(learn_from, features, segments, missing_as, spread, depth, seed, method)
+    sampled = rows is not None and rows > LEARN_ROWS
+    # a sample is cached: the spreads and every level of the tree read it, not all rows
+    learn_from = assigned.sample(fraction=LEARN_ROWS / rows, seed=seed).persist() if sampled else assigned
+    try:
+        spread = feature_stats(learn_from, features)
+        rules = learn_rules(learn_from, features, segments, missing_as, spread, depth, seed, method)
+    finally:
+        if sampled:
+            learn_from.unpersist()
     table = measure(assigned, rules, missing_as)
     table.insert(1, "segment_name", [names[s] for s in table[SEGMENT]])
     return Rules(method, depth, missing_as, table, case_sql(rules, missing_as))
