@@ -257,9 +257,10 @@ def spark_model(spark: SparkSession, chosen: KResult, seed: int = 0):
     if chosen.fit.model is not None:
         return chosen.fit.model
     centres = chosen.fit.centres
-    frame = spark.createDataFrame(pd.DataFrame({"c": [c.tolist() for c in centres]})).select(
-        array_to_vector("c").alias(FEATURES)
-    )
+    # literals, not a local DataFrame: no Python worker is needed (Spark 3.5 parallelises local data
+    # through Python when Arrow is off, and executors may have no Python)
+    rows = F.array(*[F.array(*[F.lit(float(v)) for v in centre]) for centre in centres])
+    frame = spark.range(1).select(F.explode(rows).alias("c")).select(array_to_vector("c").alias(FEATURES))
     model = KMeans(
         k=len(centres),
         initMode="random",
