@@ -235,9 +235,8 @@ class SegmentSettings(_Section):
     )  # depth of the tree the segment rules come from; 0: no rules
     # segments below this share of the customers (below 1) or count (1 or more) get a warning
     min_size: float = Field(default=0.005, ge=0)
-    drift: DriftSettings = Field(
-        default_factory=DriftSettings
-    )  # warnings when a segment moved since the last run
+    # a warning when a segment's share or centroid moved more than this since the run before
+    drift: DriftSettings = Field(default_factory=DriftSettings)
 
 
 class CatalogSettings(_Section):

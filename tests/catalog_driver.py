@@ -1,6 +1,6 @@
 """A test-only driver for tests/test_catalog.py: runs into one lake with a real embedded Hive/Derby
 catalog, in a process of its own (the suite's shared session has no Hive support, and Spark reads the
-catalog settings only when its JVM starts). What it sees goes to WORK/observed.json for the test.
+catalog settings only when its JVM starts). What it sees goes to WORK/<phase>.json for the test.
 
 python tests/catalog_driver.py first  WORK   # runs r1 and r2 with `segspark run` (its own session)
 python tests/catalog_driver.py second WORK   # a plain session with the README's settings reads them,
@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import segspark.catalog
 from segspark import catalog
 from segspark.cli import main
 from segspark.config import load_settings
@@ -124,7 +123,7 @@ def failed_attempts(spark, lake: Lake, settings, run_id: str, points: list[tuple
                 with catalog.catalog_tables(spark, lake, settings.output, manifest):
                     raise InjectedError("injected in publishing the files")
             with (
-                failing(segspark.catalog, name, after),
+                failing(catalog, name, after),
                 catalog.catalog_tables(spark, lake, settings.output, manifest),
             ):
                 pass
@@ -133,7 +132,6 @@ def failed_attempts(spark, lake: Lake, settings, run_id: str, points: list[tuple
         else:
             raise AssertionError(f"{label}: no failure")
     shutil.rmtree(staged)
-    seen["backups left"] = sorted(p.name for p in (Path(lake.root) / "_staging").glob("*.catalog"))
     return seen
 
 
@@ -157,6 +155,10 @@ def second(work: Path) -> dict:
     seen["after r3"] = snapshot(spark)
     spark.table(f"{DATABASE}.assignments_latest").toPandas().to_parquet(work / "assignments_latest.parquet")
     seen["history text"] = cli("history", "--lake", str(work / "lake"))
+    report = work / "lake" / "runs" / "r3" / "report.html"
+    written = report.read_text()
+    cli("report", str(report.parent))
+    seen["report rebuilt the same"] = report.read_text() == written
     lake = Lake(spark, str(work / "lake"))
     history = read_history(lake)
     seen["history"] = {
@@ -190,6 +192,7 @@ def second(work: Path) -> dict:
         Lake.publish = real_publish
     # a re-run of r3 that fails as it publishes its files: the replaced partitions come back from copies
     seen["failed again"] = failed_attempts(spark, lake, settings, "r3", [("publish", 0)])
+    seen["backups left"] = sorted(p.name for p in (work / "lake" / "_staging").glob("*.catalog"))
 
     # a table segspark did not make is refused before anything is written
     spark.sql("CREATE DATABASE IF NOT EXISTS other")
