@@ -62,10 +62,24 @@ start() {
   echo $! > "$CLUSTER_DIR/$name.pid"
 }
 
+# Whether the process `start` just launched is still alive. Not running_pid: right after the fork, before
+# nohup execs spark-class, the child's command line is still this script's, without the class name.
+alive() {
+  local pid
+  pid="$(cat "$CLUSTER_DIR/$1.pid")"
+  [[ -d "/proc/$pid" ]] && ! grep -q '^State:\s*Z' "/proc/$pid/status" 2>/dev/null
+}
+
+exited() {
+  echo "cluster.sh: $1 exited; the end of $CLUSTER_DIR/$1.log:" >&2
+  tail -n 20 "$CLUSTER_DIR/$1.log" >&2 || true
+  exit 1
+}
+
 wait_for() {
   local name="$1" pattern="$2" waited=0
   until grep -q -- "$pattern" "$CLUSTER_DIR/$name.log" 2>/dev/null; do
-    running_pid "$name" > /dev/null || die "$name exited; see $CLUSTER_DIR/$name.log"
+    alive "$name" || exited "$name"
     (( waited++ < START_TIMEOUT )) || die "$name not ready after ${START_TIMEOUT}s; see $CLUSTER_DIR/$name.log"
     sleep 1
   done
