@@ -286,8 +286,8 @@ def extras(data: Path) -> pd.DataFrame:
 
     folder = generated(CLUSTER_CUSTOMERS, data)
     truth = pd.read_parquet(folder / "truth.parquet")
-    for name, master in (("local[2]", "local[2]"), (CLUSTER_MASTER, CLUSTER_MASTER)):
-        lake = folder / f"lake-{name}"
+    for name, master in (("local", "local[2]"), ("local-cluster", CLUSTER_MASTER)):
+        lake = folder / f"lake-{name}"  # no [ ] in a folder name: Spark reads paths as glob patterns
         shutil.rmtree(lake, ignore_errors=True)
         config = write_config(
             folder / "cluster.yaml",
@@ -295,13 +295,13 @@ def extras(data: Path) -> pd.DataFrame:
             lake,
             {"master": master, "conf": {"spark.ui.enabled": False}},
         )
-        print(f"{CLUSTER_CUSTOMERS} customers on {name} ...", flush=True)
+        print(f"{CLUSTER_CUSTOMERS} customers on {master} ...", flush=True)
         submit = ["--master", master, "--conf", "spark.ui.enabled=false"]
         seconds, peak = segspark_run(config, check=False, submit=submit)
         k, score = result_of(lake, truth)
         rows.append(
             {
-                "run": f"{CLUSTER_CUSTOMERS} customers, spark-submit --master {name}",
+                "run": f"{CLUSTER_CUSTOMERS} customers, spark-submit --master {master}",
                 "seconds": seconds,
                 "peak_mb": peak,
                 "k": k,

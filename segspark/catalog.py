@@ -36,6 +36,7 @@ from segspark.config import CatalogSettings, OutputSettings, Settings, SparkSett
 from segspark.errors import ConfigError, OutputError
 from segspark.lake import CSV_DEFAULTS, STAGING_DIR, Lake, first_line, ids_as_text
 from segspark.segments import OUTPUT_ID
+from segspark.runtime import Runtime
 from segspark.session import launched_by_spark_submit, local_cores
 from segspark.validate import col
 
@@ -72,9 +73,11 @@ def catalog_dir(output: OutputSettings) -> str:
 def session_conf(settings: Settings) -> dict[str, str]:
     """What a new local session needs for the embedded catalog: Hive support, the warehouse in
     ``<dir>/warehouse`` and Derby's metastore in ``<dir>/metastore_db``. Empty without
-    ``output.catalog``, under spark-submit and on a cluster, where the session's own catalog is used."""
+    ``output.catalog``, under spark-submit, on a cluster and over Spark Connect, where the session's own
+    catalog is used."""
     if (
         settings.output.catalog is None
+        or settings.spark.remote_url()
         or launched_by_spark_submit()
         or local_cores(settings.spark.master) == 0
     ):
@@ -123,7 +126,7 @@ def check_catalog(spark: SparkSession, output: OutputSettings) -> list[str]:
             f"tables of {output.catalog.database} last only as long as the session; run segspark run "
             "(which sets up the embedded catalog) or give Spark a persistent catalog"
         ]
-    elif spark.sparkContext.master.startswith("local") and not launched_by_spark_submit():
+    elif Runtime(spark).local and not launched_by_spark_submit():
         wanted = os.path.join(catalog_dir(output), WAREHOUSE)
         actual = spark.conf.get("spark.sql.warehouse.dir", "")
         same = os.path.abspath(re.sub(r"^file:(//)?", "", actual)) == wanted

@@ -9,6 +9,7 @@ import time
 
 from segspark import __version__
 from segspark.errors import ConfigError, SegsparkError
+from segspark.runtime import quiet_gateway_logging
 
 log = logging.getLogger("segspark")
 
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format=LOG_FORMAT, stream=sys.stderr
     )
-    logging.getLogger("py4j").setLevel(logging.WARNING)  # "Closing down clientserver connection"
+    quiet_gateway_logging()  # no "Closing down clientserver connection" lines
     try:
         return COMMANDS[args.command](args)
     except SegsparkError as exc:
@@ -88,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:
         log.exception("internal error; the run was not published")
         return 1
+    finally:
+        if "pyspark" in sys.modules:  # generate starts no Spark
+            from segspark.session import stop_if_connect
+
+            stop_if_connect(active_session())
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -232,6 +238,12 @@ def _orders_line(orders: dict | None) -> list[str]:
         f"orders: {rows['read']} read, {rows['valid']} valid, {rows['rejected']} rejected "
         f"(see order_rejects/); as_of {orders['as_of']}"
     ]
+
+
+def active_session():
+    from pyspark.sql import SparkSession
+
+    return SparkSession.getActiveSession()
 
 
 COMMANDS = {"run": _run, "score": _score, "report": _report, "history": _history, "generate": _generate}

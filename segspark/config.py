@@ -5,6 +5,7 @@ Every module receives typed settings from here; no other module reads YAML or th
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import date
 from pathlib import Path
@@ -60,6 +61,20 @@ class SparkSettings(_Section):
     log_level: Literal["ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"] = "WARN"
     # A folder for Spark's event log (what the history server reads); unset: no event log.
     event_log: str | None = None
+    # A Spark Connect server (sc://host:port[/;token=...]) to run on instead of a session of our own;
+    # SPARK_REMOTE in the environment does the same. master and the static conf are then the server's.
+    remote: str | None = None
+
+    @field_validator("remote")
+    @classmethod
+    def _connect_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("sc://"):
+            raise ValueError(f"a Spark Connect address starts with sc:// (sc://host:15002), not {value!r}")
+        return value
+
+    def remote_url(self) -> str | None:
+        """The Spark Connect server to use: ``remote``, else ``SPARK_REMOTE``; None for a classic session."""
+        return self.remote or os.environ.get("SPARK_REMOTE") or None
 
     def effective_conf(self) -> dict[str, str]:
         """``conf`` as strings, with the event-log settings that ``event_log`` stands for."""
@@ -274,6 +289,18 @@ class OutputSettings(_Section):
     def _a_mapping(cls, value: Any) -> Any:
         if isinstance(value, str):
             raise ValueError(f"write it as a mapping: output.catalog: {{database: {value}}}")
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _no_glob(cls, value: str) -> str:
+        # Spark reads a path as a glob pattern: a run could write lake[2]/ and then not read it back
+        glob = sorted(set(value) & set("[]{}*?"))
+        if glob:
+            raise ValueError(
+                f"the folder name {value!r} has {' '.join(glob)}, which Spark reads as a file pattern: "
+                "rename it without those characters"
+            )
         return value
 
     @field_validator("run_id")

@@ -63,7 +63,8 @@ from segspark.segments import (
     segment_ids,
     with_segment,
 )
-from segspark.session import event_log_dir, get_session
+from segspark.runtime import Runtime
+from segspark.session import get_session
 from segspark.sweep import PROBABILITY, SweepResult, centers_of, fitter_for, spark_model, sweep_k
 from segspark.validate import (
     FeatureSpec,
@@ -114,12 +115,8 @@ class StepTimer:
     @contextmanager
     def label(self, name: str) -> Iterator[None]:
         """Label the Spark jobs started inside (a sub-step, such as one k of the sweep)."""
-        context = self.spark.sparkContext
-        context.setJobDescription(f"segspark: {name}")
-        try:
+        with Runtime(self.spark).label(name):
             yield
-        finally:
-            context.setJobDescription(None)
 
 
 def new_run_id() -> str:
@@ -136,6 +133,7 @@ def run(settings: Settings, spark: SparkSession | None = None) -> RunResult:
     staging = lake.staging_dir(run_id)
     lake.delete(staging)
     step = StepTimer(spark)
+    runtime = Runtime(spark)
     manifest: dict[str, Any] = {
         "run_id": run_id,
         "status": "running",
@@ -146,10 +144,11 @@ def run(settings: Settings, spark: SparkSession | None = None) -> RunResult:
             "pyspark": pyspark.__version__,
             "python": platform.python_version(),
         },
-        "spark_master": spark.sparkContext.master,
+        "spark_master": runtime.master,
         "spark_application": {
-            "id": spark.sparkContext.applicationId,
-            "event_log": event_log_dir(spark),  # the history server shows the run's jobs from here
+            "id": runtime.application_id,
+            "event_log": runtime.event_log_dir(),  # the history server shows the run's jobs from here
+            "remote": runtime.remote,  # the Spark Connect server, None in a classic session
         },
         "settings": settings.to_dict(),
         "warnings": catalog_warnings,  # plain sentences for the summary and the report (tiny segments, ...)

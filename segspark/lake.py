@@ -2,8 +2,8 @@
 
 A run is written under ``<output>/_staging/<run_id>/`` and only moved to ``<output>/runs/<run_id>/``
 once every output is complete; then ``<output>/latest`` is replaced atomically. A failed run never
-touches ``runs/`` or ``latest``. File operations go through Hadoop's FileSystem API, so the same code
-works on a local disk, HDFS or an object store.
+touches ``runs/`` or ``latest``. File operations go through the session's storage (``runtime``):
+Hadoop's FileSystem API in a classic session, ``pyarrow.fs`` over Spark Connect.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pyspark.sql import types as T
 
 from segspark.config import SourceSettings
 from segspark.errors import InputDataError, OutputError
+from segspark.runtime import Runtime, empty_frame, first_line
 from segspark.validate import CORRUPT_RECORD
 
 log = logging.getLogger(__name__)
@@ -40,35 +41,9 @@ def read_source(
     typed formats keep their types.
     """
     try:
-        if source.table:
-            return spark.table(source.table)
-        options = {
-            str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in source.options.items()
-        }
-        if source.format == "csv":
-            options = {**CSV_DEFAULTS, **options}
-        reader = spark.read.format(source.format).options(**options)
-        if source.format not in ("csv", "json"):
-            return (
-                reader.schema(source.schema_ddl).load(source.path)
-                if source.schema_ddl
-                else reader.load(source.path)
-            )
-        # Text formats: keep each line that does not fit the schema in a column of its own, so the
-        # row is rejected with its reason instead of being read as NULLs or dropped.
-        schema = (
-            spark.createDataFrame([], source.schema_ddl).schema
-            if source.schema_ddl
-            else ids_as_text(reader.load(source.path).schema, ids)
-        )
-        if CORRUPT_RECORD not in schema.fieldNames():
-            schema = schema.add(CORRUPT_RECORD, T.StringType())
-        return (
-            reader.schema(schema)
-            .option("mode", "PERMISSIVE")
-            .option("columnNameOfCorruptRecord", CORRUPT_RECORD)
-            .load(source.path)
-        )
+        frame = _load(spark, source, ids)
+        frame.schema  # noqa: B018 (Spark Connect analyses lazily: a missing path fails here, not later)
+        return frame
     except AnalysisException as exc:
         where = f"table {source.table}" if source.table else f"{source.format} data at {source.path}"
         clash = re.search(r"COLUMN_ALREADY_EXISTS\][^`]*`([^`]+)`", str(exc))
@@ -81,6 +56,38 @@ def read_source(
         raise InputDataError(
             f"{name}: cannot read {where}: {first_line(exc)}. Check {name}.path/table and format."
         ) from None
+
+
+def _load(spark: SparkSession, source: SourceSettings, ids: tuple[str, ...]) -> DataFrame:
+    if source.table:
+        return spark.table(source.table)
+    options = {
+        str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in source.options.items()
+    }
+    if source.format == "csv":
+        options = {**CSV_DEFAULTS, **options}
+    reader = spark.read.format(source.format).options(**options)
+    if source.format not in ("csv", "json"):
+        return (
+            reader.schema(source.schema_ddl).load(source.path)
+            if source.schema_ddl
+            else reader.load(source.path)
+        )
+    # Text formats: keep each line that does not fit the schema in a column of its own, so the
+    # row is rejected with its reason instead of being read as NULLs or dropped.
+    schema = (
+        spark.createDataFrame([], source.schema_ddl).schema
+        if source.schema_ddl
+        else ids_as_text(reader.load(source.path).schema, ids)
+    )
+    if CORRUPT_RECORD not in schema.fieldNames():
+        schema = schema.add(CORRUPT_RECORD, T.StringType())
+    return (
+        reader.schema(schema)
+        .option("mode", "PERMISSIVE")
+        .option("columnNameOfCorruptRecord", CORRUPT_RECORD)
+        .load(source.path)
+    )
 
 
 def ids_as_text(schema: T.StructType, ids: tuple[str, ...]) -> T.StructType:
@@ -119,7 +126,7 @@ def small_table(spark: SparkSession, frame: pd.DataFrame) -> DataFrame:
 
     schema = T.StructType([T.StructField(str(c), spark_type(t), True) for c, t in frame.dtypes.items()])
     if frame.empty:
-        return spark.createDataFrame(spark.sparkContext.emptyRDD(), schema)
+        return empty_frame(spark, schema)
     values = frame.astype(object).where(frame.notna(), None)
     rows = [
         F.struct(
@@ -135,22 +142,16 @@ def small_table(spark: SparkSession, frame: pd.DataFrame) -> DataFrame:
     return spark.range(1).select(F.inline(F.array(*rows)))
 
 
-def first_line(exc: Exception) -> str:
-    """The first line of an error's message (a Java one runs on for pages)."""
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
 @dataclass
 class Lake:
-    """File operations on the lake through Hadoop's FileSystem API."""
+    """A run's files in the lake, through the session's storage (see ``runtime``)."""
 
     spark: SparkSession
     root: str
 
     def __post_init__(self) -> None:
         self.root = self.root.rstrip("/") or "/"
-        self._jvm = self.spark.sparkContext._jvm
-        self._hadoop_conf = self.spark.sparkContext._jsc.hadoopConfiguration()
+        self.storage = Runtime(self.spark).storage()
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
@@ -161,64 +162,28 @@ class Lake:
     def run_dir(self, run_id: str) -> str:
         return self.path(RUNS_DIR, run_id)
 
-    def _hpath(self, path: str):
-        return self._jvm.org.apache.hadoop.fs.Path(path)
-
-    def _fs(self, path: str):
-        return self._hpath(path).getFileSystem(self._hadoop_conf)
-
-    def qualified(self, path: str) -> str:
-        hpath = self._hpath(path)
-        return str(hpath.getFileSystem(self._hadoop_conf).makeQualified(hpath).toString())
-
     def exists(self, path: str) -> bool:
-        return bool(self._fs(path).exists(self._hpath(path)))
+        return self.storage.exists(path)
 
     def is_dir(self, path: str) -> bool:
-        return bool(self._fs(path).isDirectory(self._hpath(path)))
+        return self.storage.is_dir(path)
 
     def delete(self, path: str) -> None:
-        self._fs(path).delete(self._hpath(path), True)
+        self.storage.delete(path)
 
     def write_text(self, path: str, text: str) -> None:
-        fs = self._fs(path)
-        fs.setWriteChecksum(False)
-        stream = fs.create(self._hpath(path), True)
-        try:
-            stream.write(bytearray(text.encode("utf-8")))
-        finally:
-            stream.close()
+        self.storage.write_text(path, text)
 
     def list_dirs(self, path: str) -> list[str]:
         """The names of the folders directly in ``path``, sorted (none when it does not exist)."""
-        if not self.exists(path):
-            return []
-        statuses = self._fs(path).listStatus(self._hpath(path))
-        return sorted(str(s.getPath().getName()) for s in statuses if s.isDirectory())
+        return self.storage.list_dirs(path)
 
     def read_text(self, path: str) -> str:
-        fs = self._fs(path)
-        stream = fs.open(self._hpath(path))
-        try:
-            reader = self._jvm.java.io.BufferedReader(self._jvm.java.io.InputStreamReader(stream, "UTF-8"))
-            lines = []
-            line = reader.readLine()
-            while line is not None:
-                lines.append(line)
-                line = reader.readLine()
-            return "\n".join(lines)
-        finally:
-            stream.close()
+        return self.storage.read_text(path)
 
     def rename(self, source: str, target: str, overwrite: bool = False) -> None:
-        """Rename through FileContext: with ``overwrite`` it replaces ``target`` atomically."""
-        options = self._jvm.org.apache.hadoop.fs.Options.Rename
-        flags = self.spark.sparkContext._gateway.new_array(options, 1)
-        flags[0] = options.OVERWRITE if overwrite else options.NONE
-        context = self._jvm.org.apache.hadoop.fs.FileContext.getFileContext(
-            self._hpath(source).toUri(), self._hadoop_conf
-        )
-        context.rename(self._hpath(source), self._hpath(target), flags)
+        """With ``overwrite`` it replaces ``target`` (atomically where the file system can)."""
+        self.storage.rename(source, target, overwrite)
 
     # -- runs ---------------------------------------------------------------------------------------
 
@@ -243,8 +208,8 @@ class Lake:
         runs_was_there = self.exists(self.path(RUNS_DIR))
         try:
             for folder in (STAGING_DIR, RUNS_DIR):
-                self._fs(self.root).mkdirs(self._hpath(self.path(folder)))
-            self._fs(staged_dir).mkdirs(self._hpath(staged_dir))
+                self.storage.mkdirs(self.path(folder))
+            self.storage.mkdirs(staged_dir)
             self.rename(staged_dir, run_dir)
             self.delete(run_dir)
             if not runs_was_there:  # a run that fails later leaves no empty runs/ behind
@@ -253,7 +218,7 @@ class Lake:
             self.write_text(staged_file, "probe")
             self.rename(staged_file, root_file, overwrite=True)
             self.delete(root_file)
-        except Exception as exc:  # py4j wraps the Java IOException
+        except Exception as exc:  # a Java IOException (classic) or an OSError (Connect)
             for path in (staged_dir, run_dir, staged_file, root_file):
                 self._quietly(self.delete, path)
             raise OutputError(
@@ -273,7 +238,7 @@ class Lake:
         pointer = self.path(STAGING_DIR, f"{LATEST}.{run_id}")
         replaced = moved = False
         try:
-            self._fs(final).mkdirs(self._hpath(self.path(RUNS_DIR)))
+            self.storage.mkdirs(self.path(RUNS_DIR))
             if self.exists(final):  # a re-run of the same run id replaces the earlier one whole
                 self.delete(retired)
                 self.rename(final, retired)

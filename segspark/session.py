@@ -1,8 +1,8 @@
-"""Building or reusing the SparkSession: local mode by default, whatever spark-submit set wins."""
+"""Building or reusing the SparkSession: local mode by default, whatever spark-submit set wins, or a
+Spark Connect client with ``spark.remote`` / ``SPARK_REMOTE``."""
 
 from __future__ import annotations
 
-import ctypes.util
 import logging
 import os
 import re
@@ -13,19 +13,12 @@ from pyspark.sql import SparkSession
 
 from segspark.config import SparkSettings
 from segspark.errors import ConfigError
+from segspark.runtime import Runtime, first_line, is_connect
 
 log = logging.getLogger(__name__)
 
 APP_NAME = "segspark"
 LOG4J2_CONFIG = Path(__file__).with_name("log4j2.properties")  # for the driver JVM of local sessions
-# Loggers whose warnings a successful run raises on purpose or that nobody can act on (see
-# log4j2.properties); set again once the session runs, for JVMs started without that file.
-QUIET_LOGGERS = (
-    "org.apache.spark.ml.util.Instrumentation",  # "Input vectors will be blockified ... double caching"
-    "dev.ludovic.netlib",  # no native BLAS: the Java implementation is used
-    "org.apache.hadoop.util.NativeCodeLoader",
-)
-ALLOW_NATIVE_BLAS = "dev.ludovic.netlib.blas.allowNative"
 # A local driver without spark.driver.memory gets this share of the machine's memory (pyspark's own
 # default, 1g, runs out of heap caching ten million customers), within these bounds in MiB
 DRIVER_MEMORY_SHARE = 0.25
@@ -92,85 +85,98 @@ def get_session(settings: SparkSettings) -> SparkSession:
     """The active session if there is one; else a new one, with config filling only what is not set.
 
     Under spark-submit the master and ``--conf`` values given on its command line win; the config's
-    ``spark.master`` is used only when nothing else chose a master.
+    ``spark.master`` is used only when nothing else chose a master. With ``spark.remote`` (or
+    ``SPARK_REMOTE`` in the environment, as pyspark reads it) the session is a Spark Connect client.
     """
     active = SparkSession.getActiveSession()
     if active is not None:
         check_spark_conf(active, settings.effective_conf())
         return active
-    builder = SparkSession.builder.appName(APP_NAME)
     wanted = settings.effective_conf()
-    if launched_by_spark_submit():
-        session = builder.getOrCreate()
+    remote = settings.remote_url()
+    if remote:
+        session = connect_session(remote, wanted)
+    elif launched_by_spark_submit():
+        session = SparkSession.builder.appName(APP_NAME).getOrCreate()
         check_spark_conf(session, wanted)  # a bad value is a config error, not a setting to ignore
-        conf = session.sparkContext.getConf()
         for key, value in wanted.items():
-            if not conf.contains(key):
+            if Runtime(session).conf_value(key) is None:
                 _set_runtime(session, key, value)
     else:
-        _create_local_folder(wanted.get("spark.eventLog.dir"))
-        merged = {**local_defaults(settings.master), **wanted}
-        if local_cores(settings.master) == 0:
-            merged = {k: v for k, v in merged.items() if k in wanted or "warehouse" in k}
-        if settings.master.startswith("local") and "spark.driver.memory" not in wanted:
-            merged["spark.driver.memory"] = default_driver_memory()
-            log.info(
-                "spark.driver.memory not set: %s, a quarter of this machine's memory",
-                merged["spark.driver.memory"],
-            )
-        builder = builder.master(settings.master)
-        for key, value in merged.items():
-            builder = builder.config(key, value)
-        try:
-            session = builder.getOrCreate()
-        except Exception as exc:  # a core setting Spark cannot use stops the JVM from starting
-            error = _setting_error(exc, wanted)
-            if error is None:
-                raise
-            raise error from None
-        try:
-            check_spark_conf(session, wanted)
-        except ConfigError:
-            session.stop()  # its SQL state cannot be built with the bad value: the session is unusable
-            raise
-    session.sparkContext.setLogLevel(settings.log_level)
-    if settings.log_level == "WARN":
-        quiet_logs(session)
+        session = local_session(settings, wanted)
+    runtime = Runtime(session)
+    runtime.set_log_level(settings.log_level, quiet=settings.log_level == "WARN")
     # profiles aggregate a few columns per feature; keep Spark from warning about long plan strings
     session.conf.set("spark.sql.debug.maxToStringFields", "1000")
-    log.info("Spark %s, master %s", session.version, session.sparkContext.master)
+    log.info("Spark %s, master %s", session.version, runtime.master)
     return session
 
 
-def quiet_logs(session: SparkSession) -> None:
-    """Keep a successful run's log to segspark's progress lines: the QUIET_LOGGERS at ERROR, and no
-    attempt to load a native BLAS the machine does not have (its loader prints a ``dlopen`` failure
-    from C, past any log setting; Spark then uses its Java BLAS anyway)."""
-    jvm = session.sparkContext._jvm
-    error = jvm.org.apache.logging.log4j.Level.ERROR
-    for name in QUIET_LOGGERS:
-        jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(name, error)
-    local = session.sparkContext.master.startswith("local")
-    if (
-        local
-        and ctypes.util.find_library("blas") is None
-        and jvm.java.lang.System.getProperty(ALLOW_NATIVE_BLAS) is None
-    ):
-        jvm.java.lang.System.setProperty(ALLOW_NATIVE_BLAS, "false")
+def local_session(settings: SparkSettings, wanted: dict[str, str]) -> SparkSession:
+    """A new session on ``spark.master`` with LOCAL_DEFAULTS and a driver memory fit for the machine
+    under the config's settings."""
+    _create_local_folder(wanted.get("spark.eventLog.dir"))
+    merged = {**local_defaults(settings.master), **wanted}
+    if local_cores(settings.master) == 0:
+        merged = {k: v for k, v in merged.items() if k in wanted or "warehouse" in k}
+    if settings.master.startswith("local") and "spark.driver.memory" not in wanted:
+        merged["spark.driver.memory"] = default_driver_memory()
+        log.info(
+            "spark.driver.memory not set: %s, a quarter of this machine's memory", merged["spark.driver.memory"]
+        )
+    builder = SparkSession.builder.appName(APP_NAME).master(settings.master)
+    for key, value in merged.items():
+        builder = builder.config(key, value)
+    try:
+        session = builder.getOrCreate()
+    except Exception as exc:  # a core setting Spark cannot use stops the JVM from starting
+        error = _setting_error(exc, wanted)
+        if error is None:
+            raise
+        raise error from None
+    try:
+        check_spark_conf(session, wanted)
+    except ConfigError:
+        session.stop()  # its SQL state cannot be built with the bad value: the session is unusable
+        raise
+    return session
+
+
+def connect_session(remote: str, conf: dict[str, str]) -> SparkSession:
+    """A Spark Connect client of the server at ``remote`` (``sc://host:port``) with the ``conf`` settings
+    a client may set (runtime ones such as ``spark.sql.*``); the server's own (master, memory, other
+    static ones) stay the server's, and asking for one is a warning."""
+    try:
+        session = SparkSession.builder.remote(remote).getOrCreate()
+        session.range(1).collect()  # the builder does not connect until the first request
+    except Exception as exc:
+        raise ConfigError(
+            f"spark.remote: cannot reach a Spark Connect server at {remote}: {first_line(exc)}. "
+            "Check the address (sc://host:port) and that the server runs"
+        ) from None
+    check_spark_conf(session, conf)
+    for key, value in conf.items():
+        if not key.startswith("spark.sql."):
+            _set_runtime(session, key, value)
+    return session
+
+
+def stop_if_connect(session: SparkSession | None) -> None:
+    """Close a Spark Connect client (its server runs on). A process that ends with fitted models still
+    cached on the server would otherwise hang in gRPC at interpreter shutdown."""
+    if session is not None and is_connect(session):
+        session.stop()
 
 
 def check_spark_conf(session: SparkSession, conf: dict[str, str]) -> None:
     """Every ``spark.sql.*`` value of ``conf`` checked by Spark's own converter, before any work: a bad
     one would otherwise fail the first query with a JVM stack trace instead of naming the key."""
-    jvm = session.sparkContext._jvm
-    probe = jvm.org.apache.spark.sql.internal.SQLConf()  # a scratch copy: nothing is applied
+    runtime = Runtime(session)
     for key, value in conf.items():
-        if not key.startswith("spark.sql."):
-            continue
-        try:
-            probe.setConfString(key, str(value))
-        except Exception as exc:
-            raise _setting_error(exc, {key: value}) from None
+        if key.startswith("spark.sql."):
+            error = runtime.sql_conf_error(key, str(value))
+            if error is not None:
+                raise _setting_error(error, {key: value}) from None
 
 
 def _setting_error(exc: Exception, conf: dict[str, str]) -> ConfigError | None:
@@ -186,14 +192,6 @@ def _setting_error(exc: Exception, conf: dict[str, str]) -> ConfigError | None:
     )
 
 
-def event_log_dir(session: SparkSession) -> str | None:
-    """Where this application's event log goes, or None when event logging is off."""
-    conf = session.sparkContext.getConf()
-    if conf.get("spark.eventLog.enabled", "false").lower() != "true":
-        return None
-    return conf.get("spark.eventLog.dir", "file:/tmp/spark-events")
-
-
 def _create_local_folder(path: str | None) -> None:
     """Spark refuses to start when the event-log folder is missing; make it if it is a local one."""
     if path and ("://" not in path or path.startswith("file:")):
@@ -204,12 +202,10 @@ def _set_runtime(session: SparkSession, key: str, value: object) -> None:
     """Apply a config setting to a running session where Spark allows it; say so where it does not."""
     try:
         session.conf.set(key, str(value))
-    except Exception:  # static settings cannot change once the JVM runs
-        log.warning(
-            "Spark setting %s=%s is ignored: Spark reads it only at start; give it to spark-submit "
-            "with --conf %s=%s",
-            key,
-            value,
-            key,
-            value,
+    except Exception:  # static settings cannot change once the JVM (or the Connect server) runs
+        where = (
+            "set it on the Spark Connect server"
+            if is_connect(session)
+            else f"give it to spark-submit with --conf {key}={value}"
         )
+        log.warning("Spark setting %s=%s is ignored: Spark reads it only at start; %s", key, value, where)

@@ -45,6 +45,7 @@ from segspark.metrics import (
     reference_sets,
 )
 from segspark.prepare import FEATURES
+from segspark.runtime import is_connect
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,9 @@ def spark_ml(settings: ModelSettings, spark: SparkSession) -> Fitter:
         labels[labelled["row"].to_numpy()] = labelled[CLUSTER].to_numpy()
         return Fit(np.array(centers_of(model)), labels, _objective(model), model)
 
+    # Over Spark Connect the active session, which model calls and the freeing of a model on the server
+    # need, is per thread: fit in the sweep's own thread there.
+    fit.calling_thread_only = is_connect(spark)
     return fit
 
 
@@ -299,6 +303,9 @@ def sweep_k(
         sweep.rule += f" (on a uniform sample of {rows} of {population} customers)"
     if settings.stability_runs:
         sweep.stability = stability(points, sweep.chosen, settings, fitter)
+    for result in sweep.results:  # free the Spark models of the k not chosen (Connect caches them)
+        if result is not sweep.chosen:
+            result.fit.model = None
     return sweep
 
 
@@ -349,8 +356,11 @@ def _sweep(points: np.ndarray, settings: ModelSettings, fitter: Fitter, ks: list
 
     # Several k side by side keep the cores busy (Spark ML fits are many small jobs; scikit-learn's
     # releases the GIL). The results do not depend on it: every start has its own seed.
-    with ThreadPoolExecutor(max_workers=settings.parallel_fits, thread_name_prefix="sweep") as pool:
-        results = list(pool.map(fit, ks))
+    if settings.parallel_fits == 1 or getattr(fitter, "calling_thread_only", False):
+        results = [fit(k) for k in ks]
+    else:
+        with ThreadPoolExecutor(max_workers=settings.parallel_fits, thread_name_prefix="sweep") as pool:
+            results = list(pool.map(fit, ks))
     for result in results:
         log.info(
             "k=%d silhouette=%.4f wssse=%.1f CH=%.1f DB=%.3f%s, %d start%s%s (%.1fs)",

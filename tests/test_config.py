@@ -124,6 +124,24 @@ def test_run_id_must_be_a_safe_folder_name():
         settings_from_dict({**MINIMAL, "output": {"run_id": "../../etc"}})
 
 
+@pytest.mark.parametrize("path", ["lake-local[2]", "/data/{a,b}", "runs*"])
+def test_output_path_without_glob_characters(path):
+    # Spark would write lake-local[2]/ and then read lake-local[2] back as a pattern matching lake-local2
+    with pytest.raises(ConfigError, match=r"output\.path: the folder name .* Spark reads as a file pattern"):
+        settings_from_dict({**MINIMAL, "output": {"path": path}})
+
+
+def test_spark_remote_must_be_a_connect_address(monkeypatch):
+    with pytest.raises(ConfigError, match=r"spark\.remote: a Spark Connect address starts with sc://"):
+        settings_from_dict({**MINIMAL, "spark": {"remote": "http://host:15002"}})
+    settings = settings_from_dict({**MINIMAL, "spark": {"remote": "sc://host:15002"}})
+    assert settings.spark.remote_url() == "sc://host:15002"
+    monkeypatch.setenv("SPARK_REMOTE", "sc://from-env:15002")
+    assert settings_from_dict(MINIMAL).spark.remote_url() == "sc://from-env:15002"
+    monkeypatch.delenv("SPARK_REMOTE")
+    assert settings_from_dict(MINIMAL).spark.remote_url() is None
+
+
 @pytest.mark.parametrize("name", ["local.yaml", "cluster.yaml"])
 def test_shipped_configs_are_valid(name):
     settings = load_settings(REPO / "conf" / name)

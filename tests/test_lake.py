@@ -185,3 +185,52 @@ def test_a_failed_replace_of_latest_puts_the_run_back_in_staging(spark, tmp_path
     assert (root / "runs" / "r2" / "manifest.json").read_text() == "r2"  # the earlier r2 is back
     assert sorted(p.name for p in (root / "_staging").iterdir()) == ["r2", "r3"]  # no latest.<id>
     assert (root / "_staging" / "r2" / "manifest.json").read_text() == "r2 again"
+
+
+@pytest.fixture(params=["hadoop", "arrow"])
+def storage(request, spark):
+    """Both storages of ``runtime``: Hadoop's FileSystem (classic sessions) and pyarrow.fs (Connect)."""
+    from segspark.runtime import ArrowStorage, HadoopStorage
+
+    return HadoopStorage(spark) if request.param == "hadoop" else ArrowStorage()
+
+
+def test_both_storages_do_what_publishing_needs(storage, tmp_path):
+    root = tmp_path / "lake"
+    file = f"{root}/_staging/r1/manifest.json"
+    storage.write_text(file, '{"a": 1}\nsecond line\n')  # folders made on the way
+    assert (root / "_staging" / "r1" / "manifest.json").read_text() == '{"a": 1}\nsecond line\n'
+    assert storage.read_text(file) == '{"a": 1}\nsecond line'  # lines, without the last line break
+    assert storage.exists(file) and not storage.is_dir(file)
+    assert storage.is_dir(f"{root}/_staging") and not storage.exists(f"{root}/absent")
+
+    for name in ("zeta", "alpha", "mid"):
+        storage.mkdirs(f"{root}/runs/{name}")
+    (root / "runs" / "a-file").write_text("not a folder")
+    assert storage.list_dirs(f"{root}/runs") == ["alpha", "mid", "zeta"]
+    assert storage.list_dirs(f"{root}/absent") == []
+
+    storage.rename(f"{root}/_staging/r1", f"{root}/runs/r1")  # a whole folder
+    assert (root / "runs" / "r1" / "manifest.json").exists() and not (root / "_staging" / "r1").exists()
+    with pytest.raises(Exception, match="exists"):  # no overwrite: an existing target is an error
+        storage.rename(f"{root}/runs/alpha", f"{root}/runs/r1")
+    assert (root / "runs" / "r1" / "manifest.json").exists()
+
+    storage.write_text(f"{root}/latest", "r0\n")
+    storage.write_text(f"{root}/_staging/latest.r1", "r1\n")
+    storage.rename(f"{root}/_staging/latest.r1", f"{root}/latest", overwrite=True)
+    assert (root / "latest").read_text() == "r1\n" and not (root / "_staging" / "latest.r1").exists()
+
+    storage.delete(f"{root}/runs")  # a folder with everything in it
+    storage.delete(f"{root}/absent")  # nothing there: nothing to do
+    assert not (root / "runs").exists() and (root / "latest").exists()
+
+
+def test_arrow_storage_reads_spark_style_file_uris(tmp_path):
+    from segspark.runtime import ArrowStorage
+
+    (tmp_path / "latest").write_text("r7\n")
+    storage = ArrowStorage()
+    assert storage.read_text(f"file:{tmp_path}/latest") == "r7"
+    assert storage.read_text(f"file://{tmp_path}/latest") == "r7"
+    assert storage.exists(f"file:{tmp_path}") and storage.is_dir(f"file://{tmp_path}")
