@@ -104,7 +104,9 @@ def test_nan_and_numpy_values_are_written_as_plain_json():
 
 def test_a_failed_runs_manifest_has_only_what_its_steps_got_to():
     manifest = Manifest(run_id="r", status="running", warnings=[])
-    failed = manifest.model_copy(update={"status": "failed", "error": "InputDataError: no rows", "timings": {}})
+    failed = manifest.model_copy(
+        update={"status": "failed", "error": "InputDataError: no rows", "timings": {}}
+    )
     assert failed.to_dict() == {
         "run_id": "r",
         "status": "failed",
