@@ -29,7 +29,6 @@ from segspark.lake import Lake
 from segspark.manifest import (
     FAILED,
     MANIFEST_FILE,
-    RUNNING,
     SUCCEEDED,
     Control,
     Features,
@@ -156,24 +155,25 @@ def run(settings: Settings, spark: SparkSession | None = None) -> RunResult:
     staging = lake.staging_dir(run_id)
     lake.delete(staging)
     step = StepTimer(spark)
-    started = Manifest(
-        run_id=run_id,
-        status=RUNNING,
-        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        versions={
+    manifest: dict[str, Any] = {
+        "run_id": run_id,
+        "status": "running",
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": {
             "segspark": __version__,
             "spark": spark.version,
             "pyspark": pyspark.__version__,
             "python": platform.python_version(),
         },
-        spark_master=spark.sparkContext.master,
-        spark_application={
+        "spark_master": spark.sparkContext.master,
+        "spark_application": {
             "id": spark.sparkContext.applicationId,
             "event_log": event_log_dir(spark),  # the history server shows the run's jobs from here
         },
-        settings=settings.to_dict(),
-        warnings=catalog_warnings,  # plain sentences for the summary and the report (tiny segments, ...)
-    )
+        "settings": settings.to_dict(),
+        "warnings": catalog_warnings,  # plain sentences for the summary and the report (tiny segments, ...)
+    }
+    started = Manifest.model_validate(manifest)  # what is known before the first step
     ctx = Context(spark, settings, lake, staging)
     done = Done()
     try:
