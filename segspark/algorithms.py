@@ -216,6 +216,7 @@ def gap_ranking(results: list[KResult]) -> list[KResult]:
     return [*qualifying, *rest]
 
 
+# in the order the report draws their curves and lists their columns
 SELECTIONS: dict[str, Selection] = {
     "silhouette": Selection(
         "highest silhouette",
@@ -232,17 +233,6 @@ SELECTIONS: dict[str, Selection] = {
         column="wssse",
         title="Elbow: within-segment sum of squares",
     ),
-    "gap": Selection(
-        "smallest k with Gap(k) >= Gap(k+1) - s(k+1)",
-        "gap",
-        scores=lambda results: np.array([r.gap.gap for r in results]),
-        replicated=gap_replicated,
-        column="gap",
-        title="Gap statistic (± s.e.)",
-        error_column="gap_sd",
-        rank=gap_ranking,
-        needs_gap=True,
-    ),
     "calinski_harabasz": Selection(
         "highest Calinski-Harabasz",
         "Calinski-Harabasz",
@@ -257,5 +247,16 @@ SELECTIONS: dict[str, Selection] = {
         title="Davies-Bouldin (lower is better)",
         sign=-1.0,
         **metric_rule("davies_bouldin", sign=-1.0),
+    ),
+    "gap": Selection(
+        "smallest k with Gap(k) >= Gap(k+1) - s(k+1)",
+        "gap",
+        scores=lambda results: np.array([r.gap.gap for r in results]),
+        replicated=gap_replicated,
+        column="gap",
+        title="Gap statistic (± s.e.)",
+        error_column="gap_sd",
+        rank=gap_ranking,
+        needs_gap=True,
     ),
 }
