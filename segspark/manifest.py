@@ -237,9 +237,6 @@ class Manifest(_Part):
     def succeeded(self) -> bool:
         return self.status == SUCCEEDED
 
-    def segment(self, segment: int) -> Segment:
-        return next(s for s in self.segments if s.segment == segment)
-
     def to_dict(self) -> dict[str, Any]:
         """The manifest as plain JSON values: the keys it was given, NaN as None."""
         return plain(self.model_dump(mode="json", by_alias=True, exclude_unset=True))

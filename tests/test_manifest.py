@@ -73,7 +73,7 @@ def test_a_written_manifest_reads_back_to_the_same_keys_and_values():
     assert manifest.migration.matrix[0].from_ == -1
     assert manifest.settings.output.format == "csv"
     assert manifest.settings.segments.drift.share == 0.1
-    assert manifest.segment(0).rule is None and manifest.rules is not None  # a run with rules, no leaf here
+    assert manifest.segments[0].rule is None and manifest.rules is not None  # a run with rules, no leaf here
 
 
 def test_an_old_manifest_without_the_newer_sections_loads_with_defaults():
