@@ -55,11 +55,13 @@ from segspark.steps import (
     Context,
     Inputs,
     Profiled,
+    Sources,
     Swept,
     Validated,
     Verified,
     Written,
     assign,
+    choose_features,
     migration_since,
     profile,
     read,
@@ -133,6 +135,7 @@ def new_run_id() -> str:
 class Done:
     """The steps' results so far: the manifest is built from them, at the end or when a step fails."""
 
+    sources: Sources | None = None
     inputs: Inputs | None = None
     validated: Validated | None = None
     prepared: Prepared | None = None
@@ -192,7 +195,8 @@ def run(settings: Settings, spark: SparkSession | None = None) -> RunResult:
 def _flow(ctx: Context, step: StepTimer, started: Manifest, done: Done) -> RunResult:
     settings, lake = ctx.settings, ctx.lake
     with step("read"):
-        done.inputs = read(ctx)
+        done.sources = read(ctx)
+        done.inputs = choose_features(ctx, done.sources)
     with step("validate"):
         done.validated = validate(ctx, done.inputs)
         done.validated.check(settings)
@@ -241,8 +245,9 @@ def _so_far(settings: Settings, started: Manifest, done: Done, step: StepTimer) 
     the migration, the timings (all a failed run's manifest has, with its error)."""
     sections: dict[str, Any] = {"timings": step.timings}
     warnings = list(started.warnings)
+    if done.sources is not None:
+        sections["orders"] = done.validated.orders if done.validated else done.sources.described_orders
     if done.inputs is not None:
-        sections["orders"] = done.validated.orders if done.validated else done.inputs.described_orders
         sections["features"] = _features(settings, done.inputs, done.prepared)
     if done.validated is not None:
         sections["consent"] = done.validated.consent

@@ -1,9 +1,10 @@
 """The steps of a run, each a function of the settings and the results of the steps before it,
 returning a small typed result (``job.py`` runs them in order and builds the manifest from them):
 
-read -> Inputs, validate -> Validated, prepare -> Prepared (prepare.py), sweep -> Swept,
-assign -> Assigned, profile -> Profiled, rules -> Rules (rules.py), write -> Written, verify -> Verified,
-migration -> Migration (the manifest's section).
+read -> Sources, choose_features -> Inputs, validate -> Validated, prepare -> Prepared (prepare.py),
+sweep -> Swept, assign -> Assigned, profile -> Profiled, rules -> Rules (rules.py),
+write_assignments -> Written, write_tables / write_rules / write_order_rejects, verify -> Verified,
+migration_since -> Migration (the manifest's section).
 """
 
 from __future__ import annotations
@@ -91,13 +92,27 @@ class Context:
 
 
 @dataclass(frozen=True)
-class Inputs:
+class Sources:
     raw: DataFrame  # the customer rows to segment
-    spec: FeatureSpec
-    audit: list[str]  # sensitive columns that are not features: profiled for the audit only
+    id_column: str
     orders: OrderFeatures | None  # features built from input.orders
     described_orders: Orders | None  # the manifest's ``orders``, before the orders were counted
+
+
+@dataclass(frozen=True)
+class Inputs:
+    sources: Sources
+    spec: FeatureSpec
+    audit: list[str]  # sensitive columns that are not features: profiled for the audit only
     consent: ConsentSettings | None
+
+    @property
+    def raw(self) -> DataFrame:
+        return self.sources.raw
+
+    @property
+    def orders(self) -> OrderFeatures | None:
+        return self.sources.orders
 
 
 @dataclass(frozen=True)
@@ -179,24 +194,23 @@ class Verified:
     rows_assigned: int
 
 
-def read(ctx: Context) -> Inputs:
-    """The customer rows (and order features), the features to use, the audit columns."""
+def read(ctx: Context) -> Sources:
+    """The customer rows, with the features built from the orders."""
+    orders = read_orders(ctx.spark, ctx.settings, ctx.cached)
+    raw, id_column, replaced = _customer_rows(ctx.spark, ctx.settings, orders)
+    return Sources(raw, id_column, orders, _describe_orders(orders, replaced))
+
+
+def choose_features(ctx: Context, sources: Sources) -> Inputs:
+    """The features to use (and the sensitive columns to audit) from the columns read and the settings."""
     settings = ctx.settings
-    orders = read_orders(ctx.spark, settings, ctx.cached)
-    raw, id_column, replaced = _customer_rows(ctx.spark, settings, orders)
     consent = settings.input.customers.consent if settings.input.customers is not None else None
-    check_consent_column(raw, consent)
+    check_consent_column(sources.raw, consent)
     exclude = (consent.column,) if consent is not None else ()
-    spec = resolve_features(raw, id_column, settings.features, exclude=exclude)
+    spec = resolve_features(sources.raw, sources.id_column, settings.features, exclude=exclude)
     check_playbook(settings.segments, spec.numeric)
-    return Inputs(
-        raw=raw,
-        spec=spec,
-        audit=audit_columns(raw, spec, settings.features.sensitive),
-        orders=orders,
-        described_orders=_describe_orders(orders, replaced),
-        consent=consent,
-    )
+    audit = audit_columns(sources.raw, spec, settings.features.sensitive)
+    return Inputs(sources, spec, audit, consent)
 
 
 def read_input(
@@ -262,7 +276,7 @@ def _describe_orders(orders: OrderFeatures | None, replaced: list[str] | None) -
 def validate(ctx: Context, inputs: Inputs) -> Validated:
     """Every row checked: the valid ones, and the rejects with their reason; the orders counted."""
     settings = ctx.settings
-    orders = inputs.described_orders
+    orders = inputs.sources.described_orders
     if inputs.orders is not None:
         counts = count_orders(inputs.orders)
         if settings.input.customers is not None:
