@@ -191,8 +191,8 @@ def format_summary(manifest: Manifest, run_dir: str, seconds: float) -> str:
             lines.append(f"{'':>24}-> {segment.action}")
         if segment.rule:
             lines.append(
-                f"{'':>24}rule (precision {segment.rule_precision:.3f}, "
-                f"coverage {segment.rule_coverage:.3f}): {segment.rule}"
+                f"{'':>24}rule (precision {_figure(segment.rule_precision)}, "
+                f"coverage {_figure(segment.rule_coverage)}): {segment.rule}"
             )
     lines += _acting_lines(manifest)
     if manifest.catalog:
@@ -207,6 +207,15 @@ def format_summary(manifest: Manifest, run_dir: str, seconds: float) -> str:
     if "report" in manifest.outputs:
         lines.append(f"report: {manifest.outputs['report']}")
     return "\n".join(lines)
+
+
+def _figure(value: float | None) -> str:
+    """A rule's precision or coverage; "nan" when it was not measured (null in the manifest).
+
+    >>> _figure(0.99712), _figure(None)
+    ('0.997', 'nan')
+    """
+    return "nan" if value is None else f"{value:.3f}"
 
 
 def _acting_lines(manifest: Manifest) -> list[str]:
