@@ -33,6 +33,7 @@ class _Part(BaseModel):
 class SparkApplication(_Part):
     id: str | None = None
     event_log: str | None = None  # the history server shows the run's jobs from here
+    remote: str | None = None  # the Spark Connect server (written by runs over Spark Connect)
 
 
 class RunSettings(_Part):

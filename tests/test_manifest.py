@@ -15,7 +15,7 @@ WRITTEN = {
     "started_at": "2026-11-28T14:36:37+00:00",
     "versions": {"segspark": "0.1.0", "spark": "4.3.0", "pyspark": "4.3.0", "python": "3.11.7"},
     "spark_master": "local[*]",
-    "spark_application": {"id": "local-1", "event_log": None},
+    "spark_application": {"id": "local-1", "event_log": None, "remote": "sc://localhost:15002"},
     "settings": {
         "spark": {"master": "local[*]"},
         "input": {"customers": {"path": "data/c.parquet"}},
