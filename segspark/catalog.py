@@ -26,7 +26,6 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import pyspark.sql.functions as F
 from pyspark.sql import DataFrame, SparkSession
@@ -35,8 +34,9 @@ from pyspark.sql import types as T
 from segspark.config import CatalogSettings, OutputSettings, Settings, SparkSettings
 from segspark.errors import ConfigError, OutputError
 from segspark.lake import CSV_DEFAULTS, STAGING_DIR, Lake, first_line, ids_as_text
-from segspark.segments import OUTPUT_ID
+from segspark.manifest import Catalog, Manifest
 from segspark.runtime import Runtime
+from segspark.segments import OUTPUT_ID
 from segspark.session import launched_by_spark_submit, local_cores
 from segspark.validate import col
 
@@ -145,34 +145,34 @@ def check_catalog(spark: SparkSession, output: OutputSettings) -> list[str]:
     return warnings
 
 
-def catalog_section(catalog: CatalogSettings, manifest: dict[str, Any]) -> dict[str, Any]:
+def catalog_section(catalog: CatalogSettings, manifest: Manifest) -> Catalog:
     """The manifest's ``catalog``: the tables this run writes (those of its outputs), the views, run_ts."""
     database = catalog.database
-    return {
-        "database": database,
-        "tables": [f"{database}.{name}" for name in TABLES if name in manifest["outputs"]],
-        "views": [f"{database}.{name}{LATEST}" for name in VIEWS],
-        "run_ts": manifest["started_at"],
-    }
+    return Catalog(
+        database=database,
+        tables=[f"{database}.{name}" for name in TABLES if name in manifest.outputs],
+        views=[f"{database}.{name}{LATEST}" for name in VIEWS],
+        run_ts=manifest.started_at,
+    )
 
 
 @contextmanager
 def catalog_tables(
-    spark: SparkSession, lake: Lake, output: OutputSettings, manifest: dict[str, Any]
+    spark: SparkSession, lake: Lake, output: OutputSettings, manifest: Manifest
 ) -> Iterator[None]:
     """Write the run's partitions and move the views, then run the body (publishing the files); if
     anything fails, undo it all (see the module's docstring). Nothing happens without ``output.catalog``."""
     if output.catalog is None:
         yield
         return
-    run_id, database = manifest["run_id"], output.catalog.database
+    run_id, database = manifest.run_id, output.catalog.database
     staging = lake.staging_dir(run_id)
     rows = {
         name: _staged(spark, f"{staging}/{name}", output.format).withColumn(
-            RUN_TS, F.lit(manifest["started_at"]).cast(T.TimestampType())
+            RUN_TS, F.lit(manifest.started_at).cast(T.TimestampType())
         )
         for name in TABLES
-        if name in manifest["outputs"]
+        if name in manifest.outputs
     }
     for name, frame in rows.items():
         _check_table(spark, f"{database}.{name}", frame)

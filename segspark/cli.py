@@ -6,10 +6,14 @@ import argparse
 import logging
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from segspark import __version__
 from segspark.errors import ConfigError, SegsparkError
 from segspark.runtime import quiet_gateway_logging
+
+if TYPE_CHECKING:
+    from segspark.manifest import Manifest, Orders
 
 log = logging.getLogger("segspark")
 
@@ -103,7 +107,7 @@ def _run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, args.overrides)
     started = time.perf_counter()
     result = run(settings)
-    print(format_summary(result.manifest, result.run_dir, time.perf_counter() - started))
+    print(format_summary(result.record, result.run_dir, time.perf_counter() - started))
     return 0
 
 
@@ -127,12 +131,12 @@ def _score(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from segspark.config import SparkSettings
     from segspark.report import write_report
-    from segspark.score import read_manifest, resolve_run
+    from segspark.score import resolve_run, successful_run
     from segspark.session import get_session
 
     spark = get_session(SparkSettings())
     run_dir = resolve_run(spark, args.run, args.lake)
-    read_manifest(spark, run_dir)  # a clear message when it is no successful run
+    successful_run(spark, run_dir)  # a clear message when it is no successful run
     print(f"report: {write_report(spark, run_dir)}")
     return 0
 
@@ -168,75 +172,82 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_summary(manifest: dict, run_dir: str, seconds: float) -> str:
-    rows, k = manifest["rows"], manifest["k"]
-    runner_up = k.get("runner_up")
+def format_summary(manifest: Manifest, run_dir: str, seconds: float) -> str:
+    rows, k = manifest.rows, manifest.k
+    runner_up = k.runner_up
     lines = [
-        f"run {manifest['run_id']} {manifest['status']} in {seconds:.1f}s",
-        f"rows: {rows['read']} read, {rows['assigned']} assigned, {rows['rejected']} rejected",
-        *_orders_line(manifest.get("orders")),
-        f"k = {k['chosen']} by {k['rule']} (silhouette {k['silhouette']:.3f}"
-        + (f"; runner-up k={runner_up['k']} at {runner_up['silhouette']:.3f})" if runner_up else ")"),
+        f"run {manifest.run_id} {manifest.status} in {seconds:.1f}s",
+        f"rows: {rows.read} read, {rows.assigned} assigned, {rows.rejected} rejected",
+        *_orders_line(manifest.orders),
+        f"k = {k.chosen} by {k.rule} (silhouette {k.silhouette:.3f}"
+        + (f"; runner-up k={runner_up.k} at {runner_up.silhouette:.3f})" if runner_up else ")"),
     ]
-    if k.get("stability"):
-        stability = k["stability"]
+    if k.stability:
         lines.append(
-            f"stability: mean adjusted Rand index {stability['mean_ari']:.3f} over {stability['runs']} refits"
+            f"stability: mean adjusted Rand index {k.stability.mean_ari:.3f} over {k.stability.runs} refits"
         )
     lines += [
         "segments:",
     ]
-    for segment in manifest["segments"]:
-        number, size, share = segment["segment"], segment["size"], segment["share"]
-        lines.append(f"  {number:>3}  {size:>10}  {share:6.1%}  {segment['segment_name']}")
-        if segment.get("action"):
-            lines.append(f"{'':>24}-> {segment['action']}")
-        if segment.get("rule"):
+    for segment in manifest.segments:
+        lines.append(
+            f"  {segment.segment:>3}  {segment.size:>10}  {segment.share:6.1%}  {segment.segment_name}"
+        )
+        if segment.action:
+            lines.append(f"{'':>24}-> {segment.action}")
+        if segment.rule:
             lines.append(
-                f"{'':>24}rule (precision {segment['rule_precision']:.3f}, "
-                f"coverage {segment['rule_coverage']:.3f}): {segment['rule']}"
+                f"{'':>24}rule (precision {_figure(segment.rule_precision)}, "
+                f"coverage {_figure(segment.rule_coverage)}): {segment.rule}"
             )
     lines += _acting_lines(manifest)
-    if manifest.get("catalog"):
-        catalog = manifest["catalog"]
+    if manifest.catalog:
+        catalog = manifest.catalog
         lines.append(
-            f"catalog: partition run_id={manifest['run_id']} of {', '.join(catalog['tables'])}; "
-            f"views {', '.join(catalog['views'])}"
+            f"catalog: partition run_id={manifest.run_id} of {', '.join(catalog.tables)}; "
+            f"views {', '.join(catalog.views)}"
         )
-    if manifest.get("warnings"):
-        lines += ["warnings:", *[f"  ! {warning}" for warning in manifest["warnings"]]]
+    if manifest.warnings:
+        lines += ["warnings:", *[f"  ! {warning}" for warning in manifest.warnings]]
     lines.append(f"outputs: {run_dir}")
-    if "report" in manifest.get("outputs", {}):
-        lines.append(f"report: {manifest['outputs']['report']}")
+    if "report" in manifest.outputs:
+        lines.append(f"report: {manifest.outputs['report']}")
     return "\n".join(lines)
 
 
-def _acting_lines(manifest: dict) -> list[str]:
+def _figure(value: float | None) -> str:
+    """A rule's precision or coverage; "nan" when it was not measured (null in the manifest).
+
+    >>> _figure(0.99712), _figure(None)
+    ('0.997', 'nan')
+    """
+    return "nan" if value is None else f"{value:.3f}"
+
+
+def _acting_lines(manifest: Manifest) -> list[str]:
     """Outliers, control groups and customers left out for lack of consent, when the run has them."""
-    segments = manifest["segments"]
+    segments = manifest.segments
     lines = []
-    if segments and "outliers" in segments[0]:
-        parts = [f"outliers {sum(s['outliers'] for s in segments)}"]
-        if "control" in segments[0]:
+    if segments and segments[0].outliers is not None:
+        parts = [f"outliers {sum(s.outliers for s in segments)}"]
+        if segments[0].control is not None:
             parts.append(
-                f"control group {sum(s['control'] for s in segments)}, "
-                f"treatment {sum(s['treatment'] for s in segments)}"
+                f"control group {sum(s.control for s in segments)}, "
+                f"treatment {sum(s.treatment for s in segments)}"
             )
         lines.append("acting: " + "; ".join(parts))
-    if manifest.get("consent"):
-        lines.append(
-            f"consent: {manifest['consent']['rejected']} customers left out (no consent to profiling)"
-        )
+    if manifest.consent:
+        lines.append(f"consent: {manifest.consent.rejected} customers left out (no consent to profiling)")
     return lines
 
 
-def _orders_line(orders: dict | None) -> list[str]:
-    if not orders or "rows" not in orders:
+def _orders_line(orders: Orders | None) -> list[str]:
+    if not orders or orders.rows is None:
         return []
-    rows = orders["rows"]
+    rows = orders.rows
     return [
-        f"orders: {rows['read']} read, {rows['valid']} valid, {rows['rejected']} rejected "
-        f"(see order_rejects/); as_of {orders['as_of']}"
+        f"orders: {rows.read} read, {rows.valid} valid, {rows.rejected} rejected "
+        f"(see order_rejects/); as_of {orders.as_of}"
     ]
 
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from segspark.algorithms import ALGORITHMS, SELECTIONS
 from segspark.errors import ConfigError
 
 # Columns that describe who a person is rather than what they do. Segmenting on them risks
@@ -183,10 +184,10 @@ class KRange(_Section):
 
 
 class ModelSettings(_Section):
-    algorithm: Literal["kmeans", "bisecting_kmeans", "gaussian_mixture"] = "kmeans"
+    algorithm: Literal[tuple(ALGORITHMS)] = "kmeans"
     k: KRange = Field(default_factory=KRange)
     # how k is chosen; a single k (model.k: 5) is used as given
-    selection: Literal["silhouette", "elbow", "gap", "calinski_harabasz", "davies_bouldin"] = "silhouette"
+    selection: Literal[tuple(SELECTIONS)] = "silhouette"
     prefer: KRange | None = None  # e.g. {min: 3, max: 5}: the best k inside this range wins
     seed: int = 42
     max_iter: int = Field(default=100, ge=1)  # Lloyd (or EM) iterations per start, at most

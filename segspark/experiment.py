@@ -21,6 +21,7 @@ import pandas as pd
 import pyspark.sql.functions as F
 from pyspark.sql import Column, DataFrame
 
+from segspark.manifest import Manifest
 from segspark.metrics import SEGMENT
 from segspark.segments import lookup
 
@@ -92,51 +93,49 @@ def segment_counts(assignments: DataFrame) -> pd.DataFrame:
     return counts.astype({c: "int64" for c in counts.columns}).sort_values(SEGMENT).reset_index(drop=True)
 
 
-def act_table(manifest: dict) -> pd.DataFrame:
+def act_table(manifest: Manifest) -> pd.DataFrame:
     """Per segment, from the manifest: name, rule with its precision and coverage, outliers, and the
     control and treatment counts (the columns the run has). Plain text, for the report to render."""
     rows = []
-    for s in sorted(manifest.get("segments", []), key=lambda s: s["segment"]):
-        row = {"segment": s["segment"], "name": s["segment_name"]}
-        if "rule" in s:
-            row["rule"] = s["rule"] if s["rule"] is not None else "(no rule at this depth)"
-            row["precision"] = _share(s.get("rule_precision"))
-            row["coverage"] = _share(s.get("rule_coverage"))
-        if "outliers" in s:
-            row["outliers"] = f"{int(s['outliers']):,}"
-        for group in (CONTROL, TREATMENT):
-            if group in s:
-                row[group] = f"{int(s[group]):,}"
+    for s in sorted(manifest.segments, key=lambda s: s.segment):
+        row = {"segment": s.segment, "name": s.segment_name}
+        if manifest.rules is not None:
+            row["rule"] = s.rule if s.rule is not None else "(no rule at this depth)"
+            row["precision"] = _share(s.rule_precision)
+            row["coverage"] = _share(s.rule_coverage)
+        for column, count in (("outliers", s.outliers), (CONTROL, s.control), (TREATMENT, s.treatment)):
+            if count is not None:
+                row[column] = f"{count:,}"
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def act_text(manifest: dict) -> str:
+def act_text(manifest: Manifest) -> str:
     """The sentence above the table: where the rules are, what an outlier is, the control share, and
     how many customers were left out for lack of consent."""
     parts = []
-    if "rules" in manifest:
+    if manifest.rules is not None:
         parts.append(
             "Each segment's rule picks out its customers from their features in original units "
             "(a missing value counts as the median); precision is the share of customers matching the "
             "rule who are in the segment, coverage the share of the segment that matches. rules.sql "
             "holds them as one SQL CASE expression for any database."
         )
-    if "outliers" in manifest:
-        quantile = manifest["outliers"]["quantile"]
+    if manifest.outliers is not None:
+        quantile = manifest.outliers.quantile
         parts.append(
             f"Outliers are farther from their segment's centre than {quantile:.0%} of its customers "
             "(assignments.outlier): check them before acting on the segment."
         )
-    if "control" in manifest:
+    if manifest.control is not None:
         parts.append(
-            f"{manifest['control']['share']:.0%} of each segment is held out as a control group "
+            f"{manifest.control.share:.0%} of each segment is held out as a control group "
             "(assignments.group): leave them out of the campaign and compare."
         )
-    consent = manifest.get("consent")
+    consent = manifest.consent
     if consent:
         parts.append(
-            f"{consent['rejected']:,} customers without consent to profiling (column {consent['column']}) "
+            f"{consent.rejected:,} customers without consent to profiling (column {consent.column}) "
             "were left out."
         )
     return " ".join(parts)

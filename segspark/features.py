@@ -28,11 +28,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyspark.sql.functions as F
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from segspark.config import OrdersInput
-from segspark.errors import InputDataError
+from segspark.errors import InputDataError, SegsparkError
+from segspark.manifest import OrderRows
 from segspark.validate import REASON, VALUES, as_double, col, is_blank, quoted, separator_hint
 
 log = logging.getLogger(__name__)
@@ -342,3 +343,13 @@ def _parsed_date(orders: DataFrame, source: OrdersInput) -> Column:
 
 def _is_finite(value: Column) -> Column:
     return ~F.isnan(value) & (F.abs(value) != F.lit(float("inf")))
+
+
+def verify_order_accounting(spark: SparkSession, rows: OrderRows, path: str, fmt: str) -> None:
+    """Order rows read = valid + rejected, with the rejected ones counted where they were written."""
+    written = spark.read.format(fmt).options(header="true").load(path).count()
+    if written != rows.rejected or rows.valid + written != rows.read:
+        raise SegsparkError(
+            f"order accounting failed: read {rows.read}, valid {rows.valid}, "
+            f"rejected {rows.rejected}, written to order_rejects {written}; the run was not published"
+        )

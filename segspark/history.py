@@ -13,11 +13,9 @@ the same distance that matches segment ids across runs. Segments new in a run, o
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,6 +23,7 @@ import pandas as pd
 from segspark.config import DriftSettings
 from segspark.errors import InputDataError
 from segspark.lake import RUNS_DIR, Lake
+from segspark.manifest import Manifest, Migration, Segment, Space, read_manifest
 from segspark.segments import NEW_CUSTOMER, NOT_ASSIGNED
 
 log = logging.getLogger(__name__)
@@ -63,18 +62,18 @@ class Moves:
     flows: tuple[tuple[int, int, int], ...]  # (from, to, customers) between segments, largest first
 
     @classmethod
-    def of(cls, migration: dict[str, Any]) -> Moves:
+    def of(cls, migration: Migration) -> Moves:
         """
-        >>> Moves.of({"previous_run": "a", "matrix": [
+        >>> Moves.of(Migration.model_validate({"previous_run": "a", "matrix": [
         ...     {"from": -1, "to": 0, "customers": 5}, {"from": 0, "to": 0, "customers": 90},
-        ...     {"from": 0, "to": 1, "customers": 7}, {"from": 1, "to": -1, "customers": 2}]})
+        ...     {"from": 0, "to": 1, "customers": 7}, {"from": 1, "to": -1, "customers": 2}]}))
         Moves(compared_with='a', stayed=90, changed=7, new=5, gone=2, flows=((0, 1, 7),))
         """
-        cells = [(c["from"], c["to"], int(c["customers"])) for c in migration["matrix"]]
+        cells = [(c.from_, c.to, c.customers) for c in migration.matrix]
         between = [c for c in cells if c[0] != NEW_CUSTOMER and c[1] != NOT_ASSIGNED]
         flows = sorted((c for c in between if c[0] != c[1]), key=lambda c: (-c[2], c[0], c[1]))
         return cls(
-            compared_with=migration["previous_run"],
+            compared_with=migration.previous_run,
             stayed=sum(n for a, b, n in between if a == b),
             changed=sum(n for _, _, n in flows),
             new=sum(n for a, _, n in cells if a == NEW_CUSTOMER),
@@ -127,20 +126,20 @@ class Step:
 class History:
     """The last runs of a lake, oldest first, and the steps between them."""
 
-    runs: tuple[dict[str, Any], ...]  # the manifests
+    runs: tuple[Manifest, ...]
     steps: tuple[Step, ...]
 
     @property
     def run_ids(self) -> list[str]:
-        return [m["run_id"] for m in self.runs]
+        return [m.run_id for m in self.runs]
 
     def names(self) -> dict[int, str]:
         """Each segment's name, as the newest run that has the segment calls it."""
-        return {s["segment"]: s["segment_name"] for m in self.runs for s in m["segments"]}
+        return {s.segment: s.segment_name for m in self.runs for s in m.segments}
 
     def shares(self) -> pd.DataFrame:
         """Share of the customers: one row per run, one column per segment (NaN: not in that run)."""
-        rows = {m["run_id"]: {s["segment"]: s["share"] for s in m["segments"]} for m in self.runs}
+        rows = {m.run_id: {s.segment: s.share for s in m.segments} for m in self.runs}
         frame = pd.DataFrame.from_dict(rows, orient="index")
         return frame.reindex(columns=sorted(frame.columns))
 
@@ -155,10 +154,10 @@ class History:
         return [(s.run_id, w) for s in self.steps for w in s.warnings()]
 
 
-def compare(previous: dict[str, Any], current: dict[str, Any]) -> Step:
-    """The step from run ``previous`` to run ``current`` (both manifests)."""
-    before = {s["segment"]: s for s in previous["segments"]}
-    after = {s["segment"]: s for s in current["segments"]}
+def compare(previous: Manifest, current: Manifest) -> Step:
+    """The step from run ``previous`` to run ``current``."""
+    before = {s.segment: s for s in previous.segments}
+    after = {s.segment: s for s in current.segments}
     space = _space(previous, current)
     changes = []
     for segment in sorted(set(before) & set(after)):
@@ -166,30 +165,30 @@ def compare(previous: dict[str, Any], current: dict[str, Any]) -> Step:
         changes.append(
             Change(
                 segment=segment,
-                name=after[segment]["segment_name"],
-                share_before=float(before[segment]["share"]),
-                share_after=float(after[segment]["share"]),
+                name=after[segment].segment_name,
+                share_before=before[segment].share,
+                share_after=after[segment].share,
                 **moved,
             )
         )
-    migration = current.get("migration")
+    migration = current.migration
     return Step(
-        previous_run=previous["run_id"],
-        run_id=current["run_id"],
+        previous_run=previous.run_id,
+        run_id=current.run_id,
         changes=tuple(changes),
         new=tuple(sorted(set(after) - set(before))),
         retired=tuple(sorted(set(before) - set(after))),
         moves=Moves.of(migration) if migration else None,
-        drift=_drift_settings(current),
+        drift=current.settings.segments.drift,  # the defaults for runs from before segments.drift
     )
 
 
-def drift_warnings(lake: Lake, previous_run: str | None, manifest: dict[str, Any]) -> list[str]:
+def drift_warnings(lake: Lake, previous_run: str | None, manifest: Manifest) -> list[str]:
     """The drift warnings of a run (its manifest) against the published run ``previous_run``."""
     if previous_run is None:
         return []
     try:
-        previous = _read_manifest(lake, lake.run_dir(previous_run))
+        previous = read_manifest(lake, lake.run_dir(previous_run))
     except Exception as exc:  # an unreadable earlier run must not stop this one
         log.warning("cannot read run %s (%s): no drift check", previous_run, exc)
         return []
@@ -199,7 +198,7 @@ def drift_warnings(lake: Lake, previous_run: str | None, manifest: dict[str, Any
     return warnings
 
 
-def read_history(lake: Lake, runs: int = DEFAULT_RUNS, current: dict[str, Any] | None = None) -> History:
+def read_history(lake: Lake, runs: int = DEFAULT_RUNS, current: Manifest | None = None) -> History:
     """The last ``runs`` published runs of the lake, oldest first (by the time they finished).
 
     ``current``: a run's manifest (a staged run, or a published one whose report is being rebuilt): the
@@ -208,14 +207,14 @@ def read_history(lake: Lake, runs: int = DEFAULT_RUNS, current: dict[str, Any] |
     manifests = []
     for run_id in lake.list_dirs(lake.path(RUNS_DIR)):
         try:
-            manifest = _read_manifest(lake, lake.run_dir(run_id))
+            manifest = read_manifest(lake, lake.run_dir(run_id))
         except Exception as exc:
             log.warning("run %s left out of the history: %s", run_id, exc)
             continue
-        if manifest.get("status") == "succeeded" and manifest.get("segments"):
+        if manifest.succeeded and manifest.segments:
             manifests.append(manifest)
     if current is not None:
-        manifests = [m for m in manifests if m["run_id"] != current["run_id"] and _order(m) < _order(current)]
+        manifests = [m for m in manifests if m.run_id != current.run_id and _order(m) < _order(current)]
         manifests.append(current)
     manifests = sorted(manifests, key=_order)[-runs:] if runs > 0 else []
     steps = tuple(compare(a, b) for a, b in zip(manifests, manifests[1:], strict=False))
@@ -229,7 +228,7 @@ def format_history(history: History, where: str) -> str:
     ids = history.run_ids
     width = max(len(r) for r in ids)
     lines = [f"segments over the last {len(ids)} runs of {where}, oldest first"]
-    lines += [f"  {m['run_id']:<{width}}  finished {m.get('finished_at', '?')}" for m in history.runs]
+    lines += [f"  {m.run_id:<{width}}  finished {m.finished_at or '?'}" for m in history.runs]
     lines += ["", "segments (named as in the newest run that has them):"]
     lines += [f"  {segment:>3}  {name}" for segment, name in sorted(history.names().items())]
     shares, flags = history.shares(), drift_flags(history)
@@ -310,36 +309,30 @@ def _aligned(cell: str) -> str:
     return f"{value:>9}{' !' if value != cell else '  '}"
 
 
-def _space(previous: dict[str, Any], current: dict[str, Any]) -> dict[str, Any] | None:
-    """The later run's feature names and standard deviations, when both runs used the same features."""
-    before, after = previous.get("space"), current.get("space")
-    if not before or not after or before["vector_columns"] != after["vector_columns"]:
+def _space(previous: Manifest, current: Manifest) -> Space | None:
+    """The later run's space, when both runs used the same features."""
+    before, after = previous.space, current.space
+    if not before or not after or before.vector_columns != after.vector_columns:
         return None
-    std = np.asarray(after["scaler_std"], dtype=float)
-    return {"columns": after["vector_columns"], "scale": np.where(std > 0, std, 1.0)}
+    return after
 
 
-def _moved(before: dict[str, Any], after: dict[str, Any], space: dict[str, Any] | None) -> dict[str, Any]:
-    """How far a segment's centroid moved, in standard deviations, and the feature that moved most."""
-    if space is None or "center_unscaled" not in before or "center_unscaled" not in after:
+def _moved(before: Segment, after: Segment, space: Space | None) -> dict[str, float | str | None]:
+    """How far a segment's centroid moved, in standard deviations of the later run, and the feature
+    that moved most."""
+    if space is None or before.center_unscaled is None or after.center_unscaled is None:
         return {"centroid_move": None, "feature": None, "feature_move": None}
-    delta = (np.asarray(after["center_unscaled"]) - np.asarray(before["center_unscaled"])) / space["scale"]
+    std = np.asarray(space.scaler_std, dtype=float)
+    delta = (np.asarray(after.center_unscaled) - np.asarray(before.center_unscaled)) / np.where(
+        std > 0, std, 1.0
+    )
     most = int(np.argmax(np.abs(delta)))
     return {
         "centroid_move": float(np.linalg.norm(delta)),
-        "feature": space["columns"][most],
+        "feature": space.vector_columns[most],
         "feature_move": float(delta[most]),
     }
 
 
-def _drift_settings(manifest: dict[str, Any]) -> DriftSettings:
-    """The run's thresholds (the defaults for runs from before segments.drift existed)."""
-    return DriftSettings.model_validate(manifest.get("settings", {}).get("segments", {}).get("drift", {}))
-
-
-def _order(manifest: dict[str, Any]) -> tuple[str, str, str]:
-    return (manifest.get("finished_at", ""), manifest.get("started_at", ""), manifest["run_id"])
-
-
-def _read_manifest(lake: Lake, run_dir: str) -> dict[str, Any]:
-    return json.loads(lake.read_text(f"{run_dir}/manifest.json"))
+def _order(manifest: Manifest) -> tuple[str, str, str]:
+    return (manifest.finished_at or "", manifest.started_at, manifest.run_id)

@@ -61,9 +61,7 @@ def read_source(
 def _load(spark: SparkSession, source: SourceSettings, ids: tuple[str, ...]) -> DataFrame:
     if source.table:
         return spark.table(source.table)
-    options = {
-        str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in source.options.items()
-    }
+    options = {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in source.options.items()}
     if source.format == "csv":
         options = {**CSV_DEFAULTS, **options}
     reader = spark.read.format(source.format).options(**options)

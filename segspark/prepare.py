@@ -27,9 +27,9 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 
 from segspark.config import ClipSettings, Settings
+from segspark.metrics import FEATURES
 from segspark.validate import FeatureSpec, col, quoted
 
-FEATURES = "features"  # the scaled vector the clustering sees
 RAW_FEATURES = "features_unscaled"
 PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 PERCENTILE_ACCURACY = 10_000  # of the clip quantiles: Spark's default, relative rank error 1/10000

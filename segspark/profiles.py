@@ -215,3 +215,16 @@ def add_audit_shares(profile: pd.DataFrame, assigned: DataFrame, columns: list[s
         shares.columns = [c if c == SEGMENT else f"{AUDIT_PREFIX}{c}" for c in shares.columns]
         profile = profile.merge(shares, on=SEGMENT, how="left")
     return profile
+
+
+def original_units(center_unscaled: np.ndarray, spec: FeatureSpec) -> list[float]:
+    """A centroid's numeric features in original units (expm1 undoes log1p).
+
+    >>> spec = FeatureSpec("id", numeric=["spend", "age"], log=["spend"])
+    >>> [round(v, 6) for v in original_units(np.array([math.log1p(99.0), 41.5]), spec)]
+    [99.0, 41.5]
+    """
+    return [
+        math.expm1(value) if column in spec.log else float(value)
+        for column, value in zip(spec.numeric, center_unscaled, strict=False)
+    ]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import math
 from dataclasses import dataclass, field
 from importlib import resources
@@ -27,14 +26,19 @@ import jinja2  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from pyspark.sql import SparkSession  # noqa: E402
+import pyspark.sql.functions as F  # noqa: E402
+from pyspark.sql import DataFrame, SparkSession  # noqa: E402
 
+from segspark.algorithms import SELECTIONS  # noqa: E402
 from segspark.experiment import act_table, act_text  # noqa: E402
 from segspark.history import History, cells, drift_flags, moves_text, read_history  # noqa: E402
 from segspark.lake import RUNS_DIR, STAGING_DIR, Lake  # noqa: E402
+from segspark.manifest import Features, Manifest, read_manifest  # noqa: E402
 from segspark.metrics import SEGMENT  # noqa: E402
+from segspark.validate import FeatureSpec, col  # noqa: E402
 
 REPORT_FILE = "report.html"
+SAMPLE_ROWS = 5_000  # customers in sample/, the only per-customer data the report sees
 COLOURS = plt.get_cmap("tab10").colors
 DPI = 110
 DARK_CELL = 0.55  # |z| / the colour scale's limit from which a heatmap cell gets white text
@@ -98,11 +102,6 @@ def _png(figure) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _display(manifest: dict[str, Any]) -> dict[str, str]:
-    """Feature -> the label the segment names use (``segments.display_names``)."""
-    return dict(manifest.get("settings", {}).get("segments", {}).get("display_names", {}))
-
-
 def scatter_features(profiles: pd.DataFrame, numeric: list[str], configured: list[str] | None) -> list[str]:
     """The configured pair, or the two numeric features whose segment z-scores vary most."""
     if configured and len(configured) == 2:
@@ -112,7 +111,7 @@ def scatter_features(profiles: pd.DataFrame, numeric: list[str], configured: lis
 
 
 def build_report(
-    manifest: dict[str, Any],
+    manifest: Manifest,
     profiles: pd.DataFrame,
     k_metrics: pd.DataFrame,
     sample: pd.DataFrame,
@@ -122,9 +121,9 @@ def build_report(
     """The report as one HTML string (deterministic for the same inputs). ``history``: the lake's runs
     up to this one, for "Segments over time"."""
     profiles = profiles.sort_values(SEGMENT).reset_index(drop=True)
-    numeric = list(manifest.get("features", {}).get("numeric", []))
+    numeric = list(manifest.features.numeric) if manifest.features else []
     names = dict(zip(profiles[SEGMENT], profiles["segment_name"], strict=True))
-    display = _display(manifest)
+    display = manifest.settings.segments.display_names  # feature -> the label the segment names use
     sections = [
         _summary(manifest),
         _sweep(manifest, k_metrics),
@@ -139,7 +138,7 @@ def build_report(
         _details(manifest),
     ]
     page = _environment().get_template("report.html")
-    title = f"Customer segments — run {manifest['run_id']}"
+    title = f"Customer segments — run {manifest.run_id}"
     return page.render(title=title, sections=[s for s in sections if s is not None]) + "\n"
 
 
@@ -159,47 +158,45 @@ def _environment() -> jinja2.Environment:
     )
 
 
-def _summary(manifest: dict[str, Any]) -> Section:
-    rows, k = manifest["rows"], manifest["k"]
+def _summary(manifest: Manifest) -> Section:
+    rows, k = manifest.rows, manifest.k
     cards = [
-        (number(rows["read"]), "customers read"),
-        (number(rows["assigned"]), "assigned to a segment"),
-        (number(rows["rejected"]), "rejected (see rejects/)"),
-        (number(int(k["chosen"])), "segments"),
-        (number(k["silhouette"]), "silhouette of the segments"),
+        (number(rows.read), "customers read"),
+        (number(rows.assigned), "assigned to a segment"),
+        (number(rows.rejected), "rejected (see rejects/)"),
+        (number(k.chosen), "segments"),
+        (number(k.silhouette), "silhouette of the segments"),
     ]
-    orders = manifest.get("orders", {}).get("rows")
+    orders = manifest.orders.rows if manifest.orders else None
     if orders:
-        cards.append((f"{number(orders['read'])} / {number(orders['rejected'])}", "orders read / rejected"))
-    runner = k.get("runner_up")
-    text = f"k = {k['chosen']} was chosen by {k['rule']}" + (
-        f"; the runner-up was k = {runner['k']} (silhouette {number(runner['silhouette'])})."
-        if runner
-        else "."
+        cards.append((f"{number(orders.read)} / {number(orders.rejected)}", "orders read / rejected"))
+    runner = k.runner_up
+    text = f"k = {k.chosen} was chosen by {k.rule}" + (
+        f"; the runner-up was k = {runner.k} (silhouette {number(runner.silhouette)})." if runner else "."
     )
-    if k.get("stability"):
+    if k.stability:
         text += (
-            f" Refitted on {k['stability']['runs']} bootstrap samples, the segments agree with a mean "
-            f"adjusted Rand index of {number(k['stability']['mean_ari'])} (1 = identical)."
+            f" Refitted on {k.stability.runs} bootstrap samples, the segments agree with a mean "
+            f"adjusted Rand index of {number(k.stability.mean_ari)} (1 = identical)."
         )
-    features = manifest.get("features", {})
-    used = ", ".join([*features.get("numeric", []), *features.get("categorical", [])])
+    features = manifest.features or Features()
+    used = ", ".join([*features.numeric, *features.categorical])
     how = (
         "Every customer read is either in a segment or in the rejects table with a reason. "
-        f"Algorithm: {k['algorithm']}; features: {used}."
+        f"Algorithm: {k.algorithm}; features: {used}."
     )
-    data = {"cards": cards, "text": text, "warnings": list(manifest.get("warnings", []))}
+    data = {"cards": cards, "text": text, "warnings": list(manifest.warnings)}
     return Section("summary", "Summary", how, data)
 
 
-def k_notes(manifest: dict[str, Any]) -> list[str]:
+def k_notes(manifest: Manifest) -> list[str]:
     """Sentences about the choice of k shown under the sweep table: a near tie in plain words, the
     earlier run's k kept, k values whose best fit two starts did not confirm."""
-    k = manifest["k"]
-    notes = [f"Near tie: {k['verdict']}."] if k.get("near_tie") else []
-    if k.get("kept_earlier"):
+    k = manifest.k
+    notes = [f"Near tie: {k.verdict}."] if k.near_tie else []
+    if k.kept_earlier:
         notes.append("The earlier run's number of segments was kept: it is within the noise of the best.")
-    unconfirmed = [int(m["k"]) for m in k.get("metrics", []) if m.get("confirmed") is False]
+    unconfirmed = [m.k for m in k.metrics if m.confirmed is False]
     if unconfirmed:
         notes.append(
             "No two starts agreed on the best fit at k = "
@@ -209,40 +206,33 @@ def k_notes(manifest: dict[str, Any]) -> list[str]:
     return notes
 
 
-def _sweep(manifest: dict[str, Any], k_metrics: pd.DataFrame) -> Section:
+def _sweep(manifest: Manifest, k_metrics: pd.DataFrame) -> Section:
     metrics = k_metrics.sort_values("k").reset_index(drop=True)
-    chosen = int(manifest["k"]["chosen"])
+    chosen = manifest.k.chosen
+    # one curve per selection rule: the metric it ranks by
     curves = [
-        c for c in ("wssse", "silhouette", "calinski_harabasz", "davies_bouldin", "gap") if c in metrics
+        rule for rule in SELECTIONS.values() if rule.column in metrics and metrics[rule.column].notna().any()
     ]
-    curves = [c for c in curves if metrics[c].notna().any()]
-    titles = {
-        "wssse": "Elbow: within-segment sum of squares",
-        "silhouette": "Silhouette (higher is better)",
-        "calinski_harabasz": "Calinski-Harabasz (higher is better)",
-        "davies_bouldin": "Davies-Bouldin (lower is better)",
-        "gap": "Gap statistic (± s.e.)",
-    }
     figure, axes = plt.subplots(1, len(curves), figsize=(3.6 * len(curves), 3.2), squeeze=False)
-    for axis, column in zip(axes[0], curves, strict=True):
+    for axis, rule in zip(axes[0], curves, strict=True):
+        column = rule.column
         axis.plot(metrics["k"], metrics[column], marker="o", color="#4062bb")
-        if column == "gap" and "gap_sd" in metrics:
-            axis.errorbar(metrics["k"], metrics["gap"], yerr=metrics["gap_sd"], fmt="none", color="#4062bb")
+        if rule.error_column and rule.error_column in metrics:
+            axis.errorbar(
+                metrics["k"], metrics[column], yerr=metrics[rule.error_column], fmt="none", color="#4062bb"
+            )
         value = metrics.loc[metrics["k"] == chosen, column]
         if len(value):
             axis.scatter(
                 [chosen], value, s=160, facecolors="none", edgecolors="#d62728", linewidths=2, zorder=3
             )
         axis.axvline(chosen, color="#d62728", linestyle=":", linewidth=1)
-        axis.set_title(titles[column], fontsize=9)
+        axis.set_title(rule.title, fontsize=9)
         axis.set_xlabel("number of segments k")
         axis.set_xticks(metrics["k"])
     figure.tight_layout()
-    shown = [
-        c
-        for c in ("silhouette", "wssse", "calinski_harabasz", "davies_bouldin", "gap", "gap_sd")
-        if c in metrics
-    ]
+    columns = [c for rule in SELECTIONS.values() for c in (rule.column, rule.error_column) if c]
+    shown = [c for c in columns if c in metrics]
     table = Table(
         head=["k", *shown],
         rows=[
@@ -396,7 +386,7 @@ def _cloud(sample: pd.DataFrame, numeric: list[str], names: dict, display: dict[
     )
 
 
-def _acting(manifest: dict[str, Any]) -> Section | None:
+def _acting(manifest: Manifest) -> Section | None:
     """Rules, outliers and control groups per segment (everything from the manifest)."""
     table = act_table(manifest)
     if table.empty or len(table.columns) <= 2:
@@ -466,11 +456,11 @@ def _profiles(profiles: pd.DataFrame, numeric: list[str], display: dict[str, str
     )
 
 
-def _migration(manifest: dict[str, Any]) -> Section | None:
-    migration = manifest.get("migration")
+def _migration(manifest: Manifest) -> Section | None:
+    migration = manifest.migration
     if not migration:
         return None
-    moves = pd.DataFrame(migration["matrix"])
+    moves = pd.DataFrame([cell.model_dump(by_alias=True) for cell in migration.matrix])
     label = {-1: "not in that run"}
     matrix = moves.pivot_table(index="from", columns="to", values="customers", aggfunc="sum", fill_value=0)
     table = Table(
@@ -481,7 +471,7 @@ def _migration(manifest: dict[str, Any]) -> Section | None:
         ],
     )
     how = (
-        f"How customers moved since run {migration['previous_run']}: rows are their segment then, columns "
+        f"How customers moved since run {migration.previous_run}: rows are their segment then, columns "
         "now. The diagonal holds those who stayed."
     )
     return Section("table", "Movement since the previous run", how, {"table": table})
@@ -550,24 +540,32 @@ def _history(history: History | None) -> Section | None:
     return Section("history", "Segments over time", how, data)
 
 
-def _details(manifest: dict[str, Any]) -> Section:
-    timings = manifest.get("timings", {})
-    versions = ", ".join(f"{k} {v}" for k, v in manifest.get("versions", {}).items())
+def _details(manifest: Manifest) -> Section:
+    timings = manifest.timings
+    versions = ", ".join(f"{k} {v}" for k, v in manifest.versions.items())
     text = (
-        f"Run {manifest['run_id']}, started {manifest.get('started_at', '')}, finished "
-        f"{manifest.get('finished_at', '')} on {manifest.get('spark_master', '')}; {versions}."
+        f"Run {manifest.run_id}, started {manifest.started_at}, finished "
+        f"{manifest.finished_at or ''} on {manifest.spark_master}; {versions}."
     )
     table = Table(head=["step", "seconds"], rows=[[step, f"{v:.1f}"] for step, v in timings.items()])
     data = {"text": text, "table": table if timings else None}
     return Section("details", "Run details", "For the data team: where the time went, and what ran.", data)
 
 
+def report_sample(assigned: DataFrame, spec: FeatureSpec, rows: int, seed: int) -> DataFrame:
+    """A uniform sample of at most SAMPLE_ROWS customers for the plots (``sample/``): features and
+    segment, no ids."""
+    fraction = min(1.0, 1.2 * SAMPLE_ROWS / max(rows, 1))  # a little over, then cut to size
+    sampled = assigned if fraction >= 1.0 else assigned.sample(fraction=fraction, seed=seed)
+    return sampled.select(F.col(SEGMENT), *[col(c) for c in spec.columns]).limit(SAMPLE_ROWS)
+
+
 def read_run_tables(
     spark: SparkSession, run_dir: str
-) -> tuple[dict, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+) -> tuple[Manifest, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The report's inputs from a published (or staged) run folder; all of them small."""
-    manifest = json.loads(Lake(spark, run_dir).read_text(f"{run_dir}/manifest.json"))
-    fmt = manifest["settings"]["output"]["format"]
+    manifest = read_manifest(Lake(spark, run_dir), run_dir)
+    fmt = manifest.settings.output.format
     reader = spark.read.format(fmt).options(header="true", inferSchema="true")
     tables = [reader.load(f"{run_dir}/{name}").toPandas() for name in ("profiles", "k_metrics", "sample")]
     return manifest, *tables
@@ -586,7 +584,7 @@ def _lake_of(run_dir: str) -> str | None:
 def write_report(spark: SparkSession, run_dir: str) -> str:
     """Rebuild ``report.html`` of a run from its outputs (and the lake's runs before it); returns its path."""
     manifest, profiles, k_metrics, sample = read_run_tables(spark, run_dir)
-    scatter = manifest["settings"]["output"].get("report_scatter")
+    scatter = manifest.settings.output.report_scatter
     root = _lake_of(run_dir)
     history = read_history(Lake(spark, root), current=manifest) if root else None
     path = f"{run_dir}/{REPORT_FILE}"

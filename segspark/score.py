@@ -11,14 +11,15 @@ from typing import Any
 from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 
+from segspark.algorithms import ALGORITHMS
 from segspark.config import FeatureSettings, SourceSettings, settings_from_dict
 from segspark.consent import check_consent_column
 from segspark.errors import InputDataError
 from segspark.experiment import act_columns
-from segspark.job import read_input
 from segspark.lake import Lake, write_table
+from segspark.manifest import MANIFEST_FILE, Manifest, read_manifest
 from segspark.segments import assignments, with_segment
-from segspark.sweep import centers_of
+from segspark.steps import read_input
 from segspark.validate import resolve_features, split_rejects, with_reject_reason
 
 log = logging.getLogger(__name__)
@@ -35,31 +36,29 @@ def resolve_run(spark: SparkSession, run: str, lake_root: str) -> str:
     return lake.run_dir(run_id)
 
 
-def read_manifest(spark: SparkSession, run_dir: str) -> dict[str, Any]:
+def successful_run(spark: SparkSession, run_dir: str) -> Manifest:
+    """The manifest of the run in ``run_dir``, which must have succeeded (so it has a model)."""
     lake = Lake(spark, run_dir)
-    path = f"{run_dir}/manifest.json"
-    if not lake.exists(path):
+    if not lake.exists(f"{run_dir}/{MANIFEST_FILE}"):
         raise InputDataError(
             f"--run {run_dir}: no manifest.json there; give a folder runs/<run_id> of a lake"
         )
-    manifest = json.loads(lake.read_text(path))
-    if manifest.get("status") != "succeeded" or "segments" not in manifest:
-        raise InputDataError(
-            f"--run {run_dir}: run {manifest.get('run_id')} did not succeed; it has no model"
-        )
+    manifest = read_manifest(lake, run_dir)
+    if not manifest.succeeded or not manifest.segments:
+        raise InputDataError(f"--run {run_dir}: run {manifest.run_id} did not succeed; it has no model")
     return manifest
 
 
-def with_act_columns(scored: DataFrame, manifest: dict[str, Any]) -> DataFrame:
+def with_act_columns(scored: DataFrame, manifest: Manifest) -> DataFrame:
     """``outlier`` with the run's thresholds and ``group`` with its control share and salt, when the run
     has them (runs from before these columns existed score without them)."""
     thresholds = {
-        s["segment"]: s["outlier_threshold"] for s in manifest["segments"] if "outlier_threshold" in s
+        s.segment: s.outlier_threshold for s in manifest.segments if s.outlier_threshold is not None
     }
     if not thresholds:
         return scored
-    output = manifest["settings"]["output"]
-    return act_columns(scored, thresholds, output.get("control_share", 0.0), output.get("control_salt", ""))
+    output = manifest.settings.output
+    return act_columns(scored, thresholds, output.control_share, output.control_salt)
 
 
 def score(
@@ -67,26 +66,26 @@ def score(
 ) -> dict[str, Any]:
     """Assign the customers of ``source`` with the run's model; write ``<output>/assignments``,
     ``<output>/rejects`` and ``<output>/score.json`` (the row counts); return that summary."""
-    manifest = read_manifest(spark, run_dir)
-    features = manifest["features"]
-    run_settings = manifest["settings"]
-    input_settings = {**source.model_dump(by_alias=True), "id_column": features["id_column"]}
+    manifest = successful_run(spark, run_dir)
+    features = manifest.features
+    run_settings = manifest.settings.as_dict()
+    input_settings = {**source.model_dump(by_alias=True), "id_column": features.id_column}
     run_customers = run_settings["input"].get("customers") or {}
     if run_customers.get("consent"):  # the run's consent rule holds for the customers it scores
         input_settings["consent"] = run_customers["consent"]
     settings = settings_from_dict({**run_settings, "input": {"customers": input_settings}})
-    raw, id_column = read_input(spark, settings, {})
+    raw, id_column = read_input(spark, settings)
     consent = settings.input.customers.consent
     check_consent_column(raw, consent)
     spec = resolve_features(
         raw,
         id_column,
         FeatureSettings(
-            numeric=features["numeric"],
-            categorical=features["categorical"],
-            log=features["log"],
+            numeric=features.numeric,
+            categorical=features.categorical,
+            log=features.log,
             sensitive=settings.features.sensitive,
-            allow_sensitive=features["sensitive_allowed"],
+            allow_sensitive=features.sensitive_allowed,
             missing=settings.features.missing,
         ),
         exclude=(consent.column,) if consent is not None else (),
@@ -96,16 +95,18 @@ def score(
         rows_read = checked.count()
         valid, rejects = split_rejects(checked, spec)
         model = PipelineModel.load(f"{run_dir}/model")
-        centers = centers_of(model.stages[-1])
-        segment_of = {s["cluster"]: s["segment"] for s in manifest["segments"]}
-        names = {s["segment"]: s["segment_name"] for s in manifest["segments"]}
-        scored = assignments(with_segment(model.transform(valid), segment_of), id_column, names, centers)
+        algorithm = manifest.k.algorithm
+        centers = ALGORITHMS[algorithm].centres(model.stages[-1])
+        segment_of = {s.cluster: s.segment for s in manifest.segments}
+        names = {s.segment: s.segment_name for s in manifest.segments}
+        segmented = with_segment(model.transform(valid), segment_of)
+        scored = assignments(segmented, id_column, names, centers, algorithm)
         scored = with_act_columns(scored, manifest)
         write_table(scored, f"{output}/assignments", fmt)
         write_table(rejects, f"{output}/rejects", fmt)
         reader = spark.read.format(fmt).options(header="true")
         summary = {
-            "run_id": manifest["run_id"],
+            "run_id": manifest.run_id,
             "run_dir": run_dir,
             "rows": {
                 "read": rows_read,
@@ -117,5 +118,5 @@ def score(
     finally:
         checked.unpersist()
     Lake(spark, output).write_text(f"{output}/score.json", json.dumps(summary, indent=2) + "\n")
-    log.info("scored %s rows with run %s", summary["rows"], manifest["run_id"])
+    log.info("scored %s rows with run %s", summary["rows"], manifest.run_id)
     return summary

@@ -19,9 +19,9 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import Column, DataFrame
 from scipy.optimize import linear_sum_assignment
 
-from segspark.metrics import CLUSTER, SEGMENT
-from segspark.prepare import FEATURES
-from segspark.sweep import PROBABILITY, max_probability
+from segspark.algorithms import ALGORITHMS
+from segspark.manifest import Manifest
+from segspark.metrics import CLUSTER, FEATURES, SEGMENT
 from segspark.validate import col
 
 log = logging.getLogger(__name__)
@@ -42,13 +42,14 @@ class EarlierRun:
     format: str
 
 
-def earlier_run(run_id: str, manifest: dict, run_dir: str) -> EarlierRun | None:
-    space = manifest.get("space")
-    if manifest.get("status") != "succeeded" or not space:
+def earlier_run(manifest: Manifest, run_dir: str) -> EarlierRun | None:
+    """What the run of ``manifest`` in ``run_dir`` leaves the next run; None for a run without
+    segment centroids (a failed run, or one from before the manifest kept its space)."""
+    if not manifest.succeeded or not manifest.space:
         return None
-    segments = {int(s["segment"]): s["center_unscaled"] for s in manifest["segments"]}
-    fmt = manifest["settings"]["output"]["format"]
-    return EarlierRun(run_id, space["vector_columns"], segments, f"{run_dir}/assignments", fmt)
+    segments = {s.segment: s.center_unscaled for s in manifest.segments}
+    fmt = manifest.settings.output.format
+    return EarlierRun(manifest.run_id, manifest.space.vector_columns, segments, f"{run_dir}/assignments", fmt)
 
 
 def segment_ids(
@@ -106,16 +107,20 @@ def distance_to_center(centers: list[list[float]]) -> Column:
 
 
 def assignments(
-    segmented: DataFrame, id_column: str, names: dict[int, str], centers: list[list[float]]
+    segmented: DataFrame,
+    id_column: str,
+    names: dict[int, str],
+    centers: list[list[float]],
+    algorithm: str = "kmeans",
 ) -> DataFrame:
-    """The assignments table: customer_id, segment, segment_name, distance (+ probability for mixtures)."""
-    mixture = [max_probability().alias("probability")] if PROBABILITY in segmented.columns else []
+    """The assignments table: customer_id, segment, segment_name, distance (+ the algorithm's own
+    columns: a mixture's probability)."""
     return segmented.select(
         col(id_column).alias(OUTPUT_ID),
         F.col(SEGMENT),
         lookup(names, F.col(SEGMENT)).alias("segment_name"),
         distance_to_center(centers).alias("distance"),
-        *mixture,
+        *[output().alias(name) for name, output in ALGORITHMS[algorithm].outputs.items()],
     )
 
 

@@ -122,7 +122,8 @@ def local_session(settings: SparkSettings, wanted: dict[str, str]) -> SparkSessi
     if settings.master.startswith("local") and "spark.driver.memory" not in wanted:
         merged["spark.driver.memory"] = default_driver_memory()
         log.info(
-            "spark.driver.memory not set: %s, a quarter of this machine's memory", merged["spark.driver.memory"]
+            "spark.driver.memory not set: %s, a quarter of this machine's memory",
+            merged["spark.driver.memory"],
         )
     builder = SparkSession.builder.appName(APP_NAME).master(settings.master)
     for key, value in merged.items():

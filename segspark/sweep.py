@@ -11,6 +11,7 @@ silhouette, WSSSE, Calinski-Harabasz, Davies-Bouldin and, when asked, the gap st
 bootstrap noise. k is chosen by ``model.selection``, inside ``model.prefer`` when given; a winner within
 the noise of the runner-up is a near tie, and a near tie with the earlier run's k keeps that k
 (``model.continuity``). The chosen fit becomes a Spark model (``spark_model``) that assigns every row.
+The algorithms and the selection rules are the tables of ``algorithms.py``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,107 +26,33 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyspark.sql.functions as F
-from pyspark.ml.clustering import BisectingKMeans, GaussianMixture, KMeans
-from pyspark.ml.functions import array_to_vector, vector_to_array
+from pyspark.ml.clustering import KMeans
+from pyspark.ml.functions import array_to_vector
 from pyspark.sql import SparkSession
-from sklearn.cluster import KMeans as LloydKMeans
 from sklearn.metrics import adjusted_rand_score
 
+from segspark.algorithms import ALGORITHMS, SELECTIONS, Fit, Fitter, fitter_for
 from segspark.config import ModelSettings
 from segspark.errors import InputDataError, SegsparkError
 from segspark.metrics import (
     BOOTSTRAP_REPLICATES,
     CLUSTER,
+    FEATURES,
     ClusterStats,
     Gap,
     cluster_stats,
     gap_statistic,
-    knee_scores,
     reference_sets,
 )
-from segspark.prepare import FEATURES
-from segspark.runtime import is_connect
 
 log = logging.getLogger(__name__)
 
-PROBABILITY = "probability"  # a Gaussian mixture's membership probabilities
 STABILITY_SEED_OFFSET = 1000  # seeds of the stability refits, apart from those of the restarts
 NEAR_TIE_SIGMAS = 2.0  # a winner by less than this many standard deviations of the noise: a near tie
 MIN_PER_SEGMENT = 3  # customers per segment, on average, below which a k is not fitted
 # Starts at each k before a best confirmed by two of them counts: one start in five lands in a poor
 # optimum on the generated data, and two poor starts can land in the same one (scripts/optima.py)
 MIN_STARTS = 3
-# k-means' convergence tolerance, scikit-learn's: relative to the features' mean variance (1 when
-# scaled), on the squared movement of the centres
-LLOYD_TOLERANCE = 1e-4
-
-
-@dataclass
-class Fit:
-    """One start of an algorithm at k on the sweep's customers."""
-
-    centres: np.ndarray  # k x d, in cluster-index order (a mixture's component means)
-    labels: np.ndarray  # each customer's cluster index
-    objective: float  # what the starts minimise: WSSSE, or a mixture's negative log-likelihood
-    model: Any = None  # the Spark ML model, for the algorithms Spark fits
-
-    @property
-    def filled(self) -> int:
-        return len(np.unique(self.labels))
-
-
-Fitter = Callable[[np.ndarray, int, int], Fit]  # (points, k, seed) -> Fit
-
-
-def lloyd_kmeans(settings: ModelSettings) -> Fitter:
-    """k-means on the driver: one k-means++ start and Lloyd iterations (scikit-learn), no Spark job."""
-
-    def fit(points: np.ndarray, k: int, seed: int) -> Fit:
-        model = LloydKMeans(
-            n_clusters=k,
-            init="k-means++",
-            n_init=1,
-            max_iter=settings.max_iter,
-            tol=LLOYD_TOLERANCE,
-            random_state=seed,
-            algorithm="lloyd",
-        ).fit(points)
-        return Fit(model.cluster_centers_, model.labels_, float(model.inertia_))
-
-    return fit
-
-
-def spark_ml(settings: ModelSettings, spark: SparkSession) -> Fitter:
-    """An algorithm of Spark ML (bisecting k-means, Gaussian mixture), fitted on the points as a
-    DataFrame; the labels come back in the points' order."""
-
-    def fit(points: np.ndarray, k: int, seed: int) -> Fit:
-        columns = [f"x{j}" for j in range(points.shape[1])]
-        frame = spark.createDataFrame(pd.DataFrame(points, columns=columns).reset_index(names="row")).select(
-            "row", array_to_vector(F.array(*columns)).alias(FEATURES)
-        )
-        model = make_estimator(settings, k, seed).fit(frame)
-        labelled = model.transform(frame).select("row", CLUSTER).toPandas()
-        labels = np.empty(len(points), dtype=int)
-        labels[labelled["row"].to_numpy()] = labelled[CLUSTER].to_numpy()
-        return Fit(np.array(centers_of(model)), labels, _objective(model), model)
-
-    # Over Spark Connect the active session, which model calls and the freeing of a model on the server
-    # need, is per thread: fit in the sweep's own thread there.
-    fit.calling_thread_only = is_connect(spark)
-    return fit
-
-
-# model.algorithm -> how a start is fitted
-ALGORITHMS: dict[str, Callable[[ModelSettings, SparkSession | None], Fitter]] = {
-    "kmeans": lambda settings, _: lloyd_kmeans(settings),
-    "bisecting_kmeans": spark_ml,
-    "gaussian_mixture": spark_ml,
-}
-
-
-def fitter_for(settings: ModelSettings, spark: SparkSession | None = None) -> Fitter:
-    return ALGORITHMS[settings.algorithm](settings, spark or SparkSession.getActiveSession())
 
 
 @dataclass
@@ -211,6 +137,15 @@ class SweepResult:
     def near_tie(self) -> bool:
         return self.contest is not None and self.contest.near_tie
 
+    def k_metrics(self) -> pd.DataFrame:
+        """``k_metrics/``: one row per k fitted, with the metrics and whether it was chosen."""
+        return pd.DataFrame(
+            [
+                {"algorithm": self.algorithm, **r.metrics(), "chosen": r.k == self.chosen.k}
+                for r in self.results
+            ]
+        )
+
     def verdict(self) -> str | None:
         """The plain-words warning for a near tie, or None when the choice is clear."""
         if not self.near_tie:
@@ -220,35 +155,6 @@ class SweepResult:
             f"k = {c.winner} and k = {c.other} fit these customers almost equally well "
             f"({c.describe()}); either is a defensible number of segments"
         )
-
-
-def make_estimator(settings: ModelSettings, k: int, seed: int | None = None):
-    """The Spark ML estimator of ``model.algorithm`` at k."""
-    common = {
-        "k": k,
-        "seed": settings.seed if seed is None else seed,
-        "maxIter": settings.max_iter,
-        "featuresCol": FEATURES,
-        "predictionCol": CLUSTER,
-    }
-    if settings.algorithm == "bisecting_kmeans":
-        return BisectingKMeans(**common)
-    if settings.algorithm == "gaussian_mixture":
-        return GaussianMixture(**common, probabilityCol=PROBABILITY)
-    return KMeans(**common)
-
-
-def centers_of(model) -> list[list[float]]:
-    """Cluster centres (a mixture's component means) as lists, in cluster-index order."""
-    if hasattr(model, "clusterCenters"):
-        return [np.asarray(c, dtype=float).tolist() for c in model.clusterCenters()]
-    return [row["mean"].toArray().tolist() for row in model.gaussiansDF.collect()]
-
-
-def _objective(model) -> float:
-    """What restarts minimise: k-means' cost, or a mixture's negative log-likelihood."""
-    summary = model.summary
-    return -float(summary.logLikelihood) if hasattr(summary, "logLikelihood") else float(summary.trainingCost)
 
 
 def spark_model(spark: SparkSession, chosen: KResult, seed: int = 0):
@@ -274,7 +180,7 @@ def spark_model(spark: SparkSession, chosen: KResult, seed: int = 0):
         featuresCol=FEATURES,
         predictionCol=CLUSTER,
     ).fit(frame)
-    got = np.array(centers_of(model))
+    got = np.array(ALGORITHMS["kmeans"].centres(model))
     if sorted(map(tuple, got.tolist())) != sorted(map(tuple, centres.tolist())):
         raise SegsparkError(f"Spark's k-means model did not take the chosen centres: {got} vs {centres}")
     return model
@@ -348,7 +254,7 @@ def usable_k(points: np.ndarray, settings: ModelSettings) -> tuple[list[int], st
 
 
 def _sweep(points: np.ndarray, settings: ModelSettings, fitter: Fitter, ks: list[int]) -> list[KResult]:
-    with_gap = settings.gap or settings.selection == "gap"
+    with_gap = settings.gap or SELECTIONS[settings.selection].needs_gap
     references = reference_sets(points, settings.gap_references, settings.seed) if with_gap else []
 
     def fit(k: int) -> KResult:
@@ -451,60 +357,19 @@ def _gap(result: KResult, references: list[np.ndarray], settings: ModelSettings,
     return gap_statistic(math.log(result.wssse), reference_log_w)
 
 
-def _scores(results: list[KResult], selection: str) -> tuple[str, np.ndarray, np.ndarray]:
-    """The rule's metric as a score per k (higher wins), and the same per bootstrap replicate (B x k)."""
-    boot = [r.stats.bootstrap() for r in results]
-    if selection == "elbow":
-        ks = [r.k for r in results]
-        curves = np.array([b["wssse"] for b in boot]).T  # B x k
-        replicated = np.array([knee_scores(ks, list(curve)) for curve in curves])
-        return "elbow score", knee_scores(ks, [r.wssse for r in results]), replicated
-    if selection == "gap":
-        # the references stay fixed; the data's log W moves with the resample
-        replicated = np.array(
-            [r.gap.gap + math.log(r.wssse) - np.log(b["wssse"]) for r, b in zip(results, boot, strict=True)]
-        ).T
-        return "gap", np.array([r.gap.gap for r in results]), replicated
-    sign = -1.0 if selection == "davies_bouldin" else 1.0
-    name = selection.replace("_", "-").title() if selection != "silhouette" else "silhouette"
-    values = np.array([r.metrics()[selection] for r in results], dtype=float)
-    replicated = np.array([b[selection] for b in boot]).T
-    return name, sign * values, sign * replicated
-
-
-def _contest(results: list[KResult], selection: str, winner: KResult, other: KResult) -> Contest:
-    name, scores, replicated = _scores(results, selection)
+def contest_of(results: list[KResult], selection: str, winner: KResult, other: KResult) -> Contest:
+    """The rule's scores of ``winner`` and ``other``, their difference and its bootstrap noise."""
+    rule = SELECTIONS[selection]
+    scores, replicated = rule.scores(results), rule.replicated(results)
     i, j = results.index(winner), results.index(other)
-    sign = -1.0 if selection == "davies_bouldin" else 1.0
     return Contest(
         winner=winner.k,
         other=other.k,
-        metric=name,
-        scores=(float(sign * scores[i]), float(sign * scores[j])),
+        metric=rule.metric,
+        scores=(float(rule.sign * scores[i]), float(rule.sign * scores[j])),
         margin=float(scores[i] - scores[j]),
         noise=float(np.std(replicated[:, i] - replicated[:, j], ddof=1)),
     )
-
-
-def _ranking(results: list[KResult], selection: str) -> tuple[list[KResult], str]:
-    """The results best first by the rule, and the rule's wording."""
-    ks = [r.k for r in results]
-    if selection == "calinski_harabasz":
-        return sorted(results, key=lambda r: (-r.stats.calinski_harabasz, r.k)), "highest Calinski-Harabasz"
-    if selection == "davies_bouldin":
-        return sorted(results, key=lambda r: (r.stats.davies_bouldin, r.k)), "lowest Davies-Bouldin"
-    if selection == "elbow":
-        scores = knee_scores(ks, [r.wssse for r in results])
-        order = sorted(range(len(results)), key=lambda i: (-scores[i], ks[i]))
-        return [results[i] for i in order], "elbow of the WSSSE curve (Kneedle)"
-    if selection == "gap":
-        # the smallest k with Gap(k) >= Gap(k+1) - s(k+1) first, then the other qualifying k by size
-        qualifying = [
-            r for r, nxt in zip(results, results[1:], strict=False) if r.gap.gap >= nxt.gap.gap - nxt.gap.sd
-        ]
-        rest = sorted((r for r in results if r not in qualifying), key=lambda r: (-r.gap.gap, r.k))
-        return [*qualifying, *rest], "smallest k with Gap(k) >= Gap(k+1) - s(k+1)"
-    return sorted(results, key=lambda r: (-r.silhouette, r.k)), "highest silhouette"
 
 
 def choose_k(
@@ -529,7 +394,8 @@ def choose_k(
             where = f" within the preferred k={settings.prefer.min}..{settings.prefer.max}"
         else:
             log.warning("model.prefer %s has no k of the sweep; it is ignored", settings.prefer)
-    ranked, wording = _ranking(candidates, settings.selection)
+    selection = SELECTIONS[settings.selection]
+    ranked, wording = selection.ranking(candidates), selection.wording
     if len(ks) > 1:
         rule = f"{wording} over k={ks[0]}..{ks[-1]}{where}"
     elif clipped:
@@ -539,21 +405,21 @@ def choose_k(
     if clipped:
         rule += f" ({clipped})"
     if where:
-        overall = _ranking(results, settings.selection)[0][0]
+        overall = selection.ranking(results)[0]
         if overall is not ranked[0]:
             rule += f" (k={overall.k} would win without the preference)"
     chosen, runner_up = ranked[0], (ranked[1] if len(ranked) > 1 else None)
     kept = False
     earlier = next((r for r in candidates if settings.continuity and earlier_k and r.k == earlier_k[0]), None)
     if earlier is not None and earlier is not chosen:
-        contest = _contest(results, settings.selection, chosen, earlier)
+        contest = contest_of(results, settings.selection, chosen, earlier)
         if contest.near_tie:
             rule += (
                 f"; k={earlier.k} kept from the earlier run {earlier_k[1]}: it is within the noise of "
                 f"the best k={chosen.k} ({contest.describe()})"
             )
             chosen, runner_up, kept = earlier, chosen, True
-    contest = _contest(results, settings.selection, chosen, runner_up) if runner_up else None
+    contest = contest_of(results, settings.selection, chosen, runner_up) if runner_up else None
     sweep = SweepResult(
         algorithm=settings.algorithm,
         results=results,
@@ -588,8 +454,3 @@ def stability(points: np.ndarray, chosen: KResult, settings: ModelSettings, fitt
         "stability of k=%d over %d bootstrap refits: mean ARI %.3f", chosen.k, len(scores), result["mean_ari"]
     )
     return result
-
-
-def max_probability() -> F.Column:
-    """A mixture's membership probability of the assigned segment."""
-    return F.array_max(vector_to_array(F.col(PROBABILITY)))

@@ -384,3 +384,12 @@ def split_rejects(checked: DataFrame, spec: FeatureSpec) -> tuple[DataFrame, Dat
         col(spec.id_column).cast("string").alias("customer_id"), F.col(REASON), F.col(VALUES)
     )
     return valid, rejects
+
+
+def audit_columns(raw: DataFrame, spec: FeatureSpec, sensitive: list[str]) -> list[str]:
+    """Sensitive columns in the input that are not features: profiled per segment for the audit only."""
+    return [
+        c
+        for c in raw.columns
+        if c != spec.id_column and c not in spec.columns and sensitive_match(c, sensitive) is not None
+    ]

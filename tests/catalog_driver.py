@@ -24,6 +24,7 @@ from segspark.errors import OutputError
 from segspark.history import read_history
 from segspark.job import run
 from segspark.lake import Lake
+from segspark.manifest import Manifest
 
 DATABASE = "segs"
 
@@ -110,10 +111,10 @@ def failed_attempts(spark, lake: Lake, settings, run_id: str, points: list[tuple
     shutil.rmtree(staged, ignore_errors=True)
     shutil.copytree(Path(lake.run_dir("r3")), staged)
     # another start time: the rows differ from the ones they would replace (a re-run of r3)
-    manifest = json.loads((staged / "manifest.json").read_text()) | {
-        "run_id": run_id,
-        "started_at": "2030-01-01T00:00:00+00:00",
-    }
+    manifest = Manifest.model_validate(
+        json.loads((staged / "manifest.json").read_text())
+        | {"run_id": run_id, "started_at": "2030-01-01T00:00:00+00:00"}
+    )
     seen = {}
     for name, after in points:
         label = f"{run_id}: after {name} #{after}"
@@ -200,7 +201,9 @@ def second(work: Path) -> dict:
     other = settings.output.model_copy(
         update={"catalog": settings.output.catalog.model_copy(update={"database": "other"})}
     )
-    manifest = json.loads((Path(lake.run_dir("r3")) / "manifest.json").read_text()) | {"run_id": "r5"}
+    manifest = Manifest.model_validate(
+        json.loads((Path(lake.run_dir("r3")) / "manifest.json").read_text()) | {"run_id": "r5"}
+    )
     shutil.copytree(Path(lake.run_dir("r3")), Path(lake.staging_dir("r5")))
     try:
         with catalog.catalog_tables(spark, lake, other, manifest):

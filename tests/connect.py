@@ -56,7 +56,9 @@ def connect_server(folder: Path, master: str = "local[2]") -> Iterator[str]:
             if server.poll() is not None:
                 raise RuntimeError(f"the Connect server exited ({server.returncode}); see {log.name}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the Connect server did not listen within {START_TIMEOUT}s; see {log.name}")
+                raise RuntimeError(
+                    f"the Connect server did not listen within {START_TIMEOUT}s; see {log.name}"
+                )
             time.sleep(1)
         yield f"sc://127.0.0.1:{port}"
     finally:

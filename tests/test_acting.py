@@ -117,12 +117,12 @@ def test_the_manifest_and_the_summary_carry_each_segments_rule(acting_run):
     for segment in acting_run.manifest["segments"]:
         assert segment["rule"] == rules.loc[segment["segment"], "rule"]
         assert segment["rule_precision"] == rules.loc[segment["segment"], "precision"]
-    summary = format_summary(acting_run.manifest, acting_run.run_dir, 1.0)
+    summary = format_summary(acting_run.record, acting_run.run_dir, 1.0)
     assert summary.count("rule (precision ") == 5
 
 
 def test_the_summary_counts_outliers_and_groups(acting_run, joined):
-    summary = format_summary(acting_run.manifest, acting_run.run_dir, 1.0)
+    summary = format_summary(acting_run.record, acting_run.run_dir, 1.0)
     control = (joined["group"] == "control").sum()
     expected = (
         f"acting: outliers {joined['outlier'].sum()}; control group {control}, treatment {3000 - control}"
@@ -344,7 +344,7 @@ def test_customers_without_consent_are_rejected_and_never_segmented(consent_run)
     assigned = pd.read_parquet(f"{result.run_dir}/assignments")
     assert not set(assigned["customer_id"]) & refused_ids
     assert "marketing_consent" not in result.manifest["features"]["numeric"]
-    summary = format_summary(result.manifest, result.run_dir, 1.0)
+    summary = format_summary(result.record, result.run_dir, 1.0)
     assert f"consent: {refused_rows} customers left out (no consent to profiling)" in summary
 
 

@@ -99,7 +99,9 @@ def test_run_score_and_report_over_connect_match_a_classic_run(spark, remote, de
     assert manifest["spark_master"] == "local[2]"  # the server's, as it reports it
     assert (lake / "latest").read_text().strip() == "connect"
     assert (lake / "runs" / "connect" / "rules.sql").read_text().replace("connect", "RUN") == (
-        Path(classic["manifest"]["outputs"]["rules.sql"]).read_text().replace(classic["manifest"]["run_id"], "RUN")
+        Path(classic["manifest"]["outputs"]["rules.sql"])
+        .read_text()
+        .replace(classic["manifest"]["run_id"], "RUN")
     )
 
     # score the run's own input over Connect: every customer gets the segment the run gave it

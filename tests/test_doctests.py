@@ -11,7 +11,14 @@ import pytest
 import segspark
 
 MODULES = [f"segspark.{info.name}" for info in pkgutil.iter_modules(segspark.__path__)]
-WITH_EXAMPLES = ["segspark.sweep", "segspark.rules", "segspark.experiment", "segspark.consent"]
+WITH_EXAMPLES = [
+    "segspark.sweep",
+    "segspark.rules",
+    "segspark.experiment",
+    "segspark.consent",
+    "segspark.manifest",
+    "segspark.profiles",
+]
 
 
 def _examples(name: str) -> doctest.TestResults:

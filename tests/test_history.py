@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 
@@ -11,28 +10,37 @@ import pytest
 from segspark.cli import main
 from segspark.history import History, compare, format_history, read_history
 from segspark.lake import Lake
+from segspark.manifest import Manifest
 from segspark.report import build_report
 from tests.test_report import _hand_made, parse
 
 
-def manifest(run_id: str, finished: str, segments: dict, **extra) -> dict:
+def manifest(run_id: str, finished: str, segments: dict, **extra) -> Manifest:
     """A run's manifest with what the history reads: segment -> (share, centroid before scaling)."""
-    return {
-        "run_id": run_id,
-        "status": "succeeded",
-        "started_at": finished,
-        "finished_at": finished,
-        "settings": {"segments": {"drift": extra.pop("drift", {})}},
-        "space": {
-            "vector_columns": extra.pop("columns", ["a", "b"]),
-            "scaler_std": extra.pop("std", [2.0, 1.0]),
-        },
-        "segments": [
-            {"segment": s, "segment_name": f"name {s}", "share": share, "size": 0, "center_unscaled": centre}
-            for s, (share, centre) in segments.items()
-        ],
-        **extra,
-    }
+    return Manifest.model_validate(
+        {
+            "run_id": run_id,
+            "status": "succeeded",
+            "started_at": finished,
+            "finished_at": finished,
+            "settings": {"segments": {"drift": extra.pop("drift", {})}},
+            "space": {
+                "vector_columns": extra.pop("columns", ["a", "b"]),
+                "scaler_std": extra.pop("std", [2.0, 1.0]),
+            },
+            "segments": [
+                {
+                    "segment": s,
+                    "segment_name": f"name {s}",
+                    "share": share,
+                    "size": 0,
+                    "center_unscaled": centre,
+                }
+                for s, (share, centre) in segments.items()
+            ],
+            **extra,
+        }
+    )
 
 
 def test_centroid_movement_is_in_standard_deviations_of_the_later_run():
@@ -98,11 +106,11 @@ def _lake_with_runs(spark, root) -> Lake:
                 ],
             },
         ),
-        "r-failed": {"run_id": "r-failed", "status": "failed"},
+        "r-failed": Manifest(run_id="r-failed", status="failed"),
     }
     for run_id, content in runs.items():
         (root / "runs" / run_id).mkdir(parents=True)
-        (root / "runs" / run_id / "manifest.json").write_text(json.dumps(content))
+        (root / "runs" / run_id / "manifest.json").write_text(content.to_json())
     (root / "runs" / "r-empty").mkdir()
     return Lake(spark, str(root))
 
@@ -112,7 +120,7 @@ def test_history_holds_the_last_runs_by_the_time_they_finished(spark, tmp_path):
     assert read_history(lake).run_ids == ["r-b", "r-c", "r-a"]
     assert read_history(lake, runs=2).run_ids == ["r-c", "r-a"]
     # a report rebuilt for r-c shows the runs up to r-c, as the run itself did
-    current = json.loads((tmp_path / "runs" / "r-c" / "manifest.json").read_text())
+    current = Manifest.model_validate_json((tmp_path / "runs" / "r-c" / "manifest.json").read_text())
     history = read_history(lake, current=current)
     assert history.run_ids == ["r-b", "r-c"]
     assert history.shares().to_dict(orient="index") == {"r-b": {0: 0.5, 1: 0.5}, "r-c": {0: 0.5, 1: 0.5}}
@@ -135,7 +143,7 @@ def test_report_shows_the_segments_over_time_with_names_escaped():
         manifest("r1", "2026-01-01", {0: (0.5, [0, 0]), 1: (0.5, [5, 5])}),
         manifest("r2", "2026-01-08", {0: (0.6, [0, 0]), 1: (0.4, [5, 5])}),
     )
-    runs[1]["segments"][0]["segment_name"] = "High <spend>"
+    runs[1].segments[0].segment_name = "High <spend>"
     history = History(runs, (compare(*runs),))
     text = build_report(*_hand_made(), history=history)
     assert "Segments over time" in parse(text).headings

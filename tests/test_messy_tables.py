@@ -14,8 +14,9 @@ from pyspark.ml import PipelineModel
 from segspark.cli import format_summary, main
 from segspark.config import ClipSettings, FeatureSettings, settings_from_dict
 from segspark.errors import InputDataError
-from segspark.job import read_input, read_orders, run
+from segspark.job import run
 from segspark.prepare import RAW_FEATURES, build_pipeline, clip_bounds
+from segspark.steps import read_input, read_orders
 from segspark.validate import MISSING_ID, resolve_features, split_rejects, with_reject_reason
 
 ID = "customer.id"
@@ -110,7 +111,7 @@ def test_names_that_clash_after_lower_casing_stop_with_both_named(spark, tmp_pat
     frame.to_parquet(tmp_path / "clash.parquet", index=False)
     config = {"input": {"customers": {"path": str(tmp_path / "clash.parquet")}}, "output": {"path": "x"}}
     with pytest.raises(InputDataError, match=r"two columns named 'income' .* 'Income' and 'income'") as error:
-        read_input(spark, settings_from_dict(config), {})
+        read_input(spark, settings_from_dict(config))
     assert "spark.conf.spark.sql.caseSensitive: true" in str(error.value)
 
 
@@ -122,7 +123,7 @@ def _write_csv(path, lines: list[str]) -> str:
 def test_csv_ids_with_leading_zeros_stay_text(spark, tmp_path):
     path = _write_csv(tmp_path / "c.csv", ["customer_id,spend", "00123,1.5", "0042,2.5", "7,3.0"])
     config = {"input": {"customers": {"path": path, "format": "csv"}}}
-    raw, id_column = read_input(spark, settings_from_dict(config), {})
+    raw, id_column = read_input(spark, settings_from_dict(config))
     assert dict(raw.dtypes)[id_column] == "string"
     assert sorted(r[id_column] for r in raw.collect()) == ["00123", "0042", "7"]
 
@@ -138,7 +139,7 @@ def test_ids_from_typed_formats_keep_their_type(spark, tmp_path):
     frame = pd.DataFrame({"customer_id": np.array([2**63 - 1, -(2**63)], dtype="int64"), "x": [1.0, 2.0]})
     frame.to_parquet(tmp_path / "typed.parquet", index=False)
     config = {"input": {"customers": {"path": str(tmp_path / "typed.parquet")}}}
-    raw, id_column = read_input(spark, settings_from_dict(config), {})
+    raw, id_column = read_input(spark, settings_from_dict(config))
     assert dict(raw.dtypes)[id_column] == "bigint"
     assert sorted(r[id_column] for r in raw.collect()) == [-(2**63), 2**63 - 1]
 
@@ -146,7 +147,7 @@ def test_ids_from_typed_formats_keep_their_type(spark, tmp_path):
 def test_a_semicolon_separated_csv_read_with_commas_says_to_set_the_separator(spark, tmp_path):
     path = _write_csv(tmp_path / "semi.csv", ["customer_id;income;score", "a;1.5;2", "b;2.5;3"])
     config = {"input": {"customers": {"path": path, "format": "csv"}}}
-    raw, id_column = read_input(spark, settings_from_dict(config), {})
+    raw, id_column = read_input(spark, settings_from_dict(config))
     with pytest.raises(InputDataError) as error:
         resolve_features(raw, id_column, FeatureSettings())
     assert "the header looks ;-separated" in str(error.value)
@@ -157,7 +158,7 @@ def test_decimal_commas_point_at_the_locale_option_and_the_suggestion_works(spar
     lines = ["customer_id;income;score", "a;1,5;2", "b;2.345,25;3", "c;-3,75;4"]
     path = _write_csv(tmp_path / "dec.csv", lines)
     source = {"path": path, "format": "csv", "options": {"sep": ";"}}
-    raw, id_column = read_input(spark, settings_from_dict({"input": {"customers": source}}), {})
+    raw, id_column = read_input(spark, settings_from_dict({"input": {"customers": source}}))
     with pytest.raises(InputDataError) as error:
         resolve_features(raw, id_column, FeatureSettings(numeric=["income", "score"]))
     message = str(error.value)
@@ -167,7 +168,7 @@ def test_decimal_commas_point_at_the_locale_option_and_the_suggestion_works(spar
     assert schema == "customer_id STRING, income DECIMAL(18,4), score INT"
     # what the message says to do reads the numbers (by hand: 1.5, 2345.25, -3.75)
     fixed = {**source, "options": {"sep": ";", "locale": "de-DE"}, "schema": schema}
-    raw, _ = read_input(spark, settings_from_dict({"input": {"customers": fixed}}), {})
+    raw, _ = read_input(spark, settings_from_dict({"input": {"customers": fixed}}))
     spec = resolve_features(raw, id_column, FeatureSettings(numeric=["income", "score"]))
     valid, _ = split_rejects(with_reject_reason(raw, spec, "impute"), spec)
     assert sorted(float(r.income) for r in valid.collect()) == [-3.75, 1.5, 2345.25]
@@ -232,7 +233,7 @@ def test_a_one_customer_segment_is_warned_about_and_clipping_takes_it_away(spark
     # by hand: 1 of 61 customers is 1.6%, below the 5% asked for
     assert re.match(r"segment \d+ '.*' holds 1 customer \(1\.6%\), below segments\.min_size \(5\.0%", warning)
     assert "features.clip" in warning
-    assert f"  ! {warning}" in format_summary(result.manifest, result.run_dir, 1.0)
+    assert f"  ! {warning}" in format_summary(result.record, result.run_dir, 1.0)
 
     clipped = {
         **config,

@@ -97,7 +97,7 @@ def test_manifest_accounts_for_every_order_row(orders_run, data, valid_orders):
     assert described["rows"] == {"read": read, "valid": valid, "rejected": read - valid}
     assert described["rejected_by_reason"] == DIRTY_REASONS
     assert (described["as_of"], described["as_of_rule"]) == (AS_OF, "given (input.orders.as_of)")
-    summary = format_summary(orders_run.manifest, orders_run.run_dir, 1.0)
+    summary = format_summary(orders_run.record, orders_run.run_dir, 1.0)
     assert f"orders: {read} read, {valid} valid, {read - valid} rejected (see order_rejects/)" in summary
 
 

@@ -16,6 +16,7 @@ import pytest
 from segspark.cli import main
 from segspark.config import settings_from_dict
 from segspark.job import run
+from segspark.manifest import Manifest
 from segspark.report import build_report
 from tests.conftest import base_config
 
@@ -188,7 +189,7 @@ def test_no_report_when_output_report_is_false(spark, demo_data, tmp_path):
     assert "report" not in result.manifest["outputs"]
 
 
-def _hand_made() -> tuple[dict, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def _hand_made() -> tuple[Manifest, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     manifest = {
         "run_id": "hand<made>",
         "rows": {"read": 10, "assigned": 9, "rejected": 1},
@@ -233,7 +234,7 @@ def _hand_made() -> tuple[dict, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     sample = pd.DataFrame(
         {"segment": [0, 0, 1, 1], "spend": [90.0, 91.0, 10.0, 11.0], "visits": [3.0, 2.0, 4.0, 5.0]}
     )
-    return manifest, profiles, metrics, sample
+    return Manifest.model_validate(manifest), profiles, metrics, sample
 
 
 def test_build_report_shows_migration_and_actions_and_escapes_text():
@@ -250,7 +251,7 @@ def test_numbers_carry_no_needless_decimals_and_warnings_show():
     manifest, profiles, metrics, sample = _hand_made()
     profiles["spend_mean"] = [38.031, 10.26]
     profiles["spend_median"] = [38.0, 9.0]
-    manifest["warnings"] = ["segment 1 'Low' holds 1 customer (0.1%), below segments.min_size"]
+    manifest.warnings = ["segment 1 'Low' holds 1 customer (0.1%), below segments.min_size"]
     page = build_report(manifest, profiles, metrics, sample)
     assert "<td>38 (38)</td>" in page and "<td>10.3 (9)</td>" in page
     assert "38.031" not in page and "38.000" not in page
@@ -259,7 +260,7 @@ def test_numbers_carry_no_needless_decimals_and_warnings_show():
 
 def test_3d_view_of_three_features_keeps_the_distances_between_customers():
     manifest, profiles, metrics, _ = _hand_made()
-    manifest["features"]["numeric"] = ["spend", "visits", "age"]
+    manifest.features.numeric = ["spend", "visits", "age"]
     profiles = profiles.assign(age_mean=[30.0, 50.0], age_median=[30.0, 50.0], age_z=[-1.0, 1.0])
     rng = np.random.default_rng(3)
     sample = pd.DataFrame(
