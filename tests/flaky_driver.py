@@ -3,7 +3,7 @@ attempt of partition 0's task (the first one to run it; a marker file makes it f
 
 spark-submit --master local[2,3] tests/flaky_driver.py MARKER --config FILE [--set ...]
 
-Production code has no hook for this: the driver wraps ``segspark.job.read_source`` before running.
+Production code has no hook for this: the driver wraps ``segspark.steps.read_source`` before running.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 
 from pyspark import TaskContext
 
-import segspark.job
+import segspark.steps
 from segspark.cli import main
 
 
@@ -44,5 +44,5 @@ def flaky(read_source, marker: str):
 
 
 if __name__ == "__main__":
-    segspark.job.read_source = flaky(segspark.job.read_source, sys.argv[1])
+    segspark.steps.read_source = flaky(segspark.steps.read_source, sys.argv[1])
     sys.exit(main(["run", *sys.argv[2:]]))
