@@ -26,6 +26,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
+import pyspark.sql.functions as F
+from pyarrow import fs
 from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
@@ -175,8 +177,6 @@ class Runtime:
 
 def empty_frame(spark: SparkSession, schema) -> DataFrame:
     """An empty DataFrame of ``schema``, built in Spark itself (no RDD, no Python worker)."""
-    import pyspark.sql.functions as F
-
     columns = [F.lit(None).cast(field.dataType).alias(field.name) for field in schema.fields]
     return spark.range(0).select(*columns)
 
@@ -227,9 +227,9 @@ class HadoopStorage:
             stream.close()
 
     def write_text(self, path: str, text: str) -> None:
-        fs = self._fs(path)
-        fs.setWriteChecksum(False)
-        stream = fs.create(self._path(path), True)
+        filesystem = self._fs(path)
+        filesystem.setWriteChecksum(False)
+        stream = filesystem.create(self._path(path), True)
         try:
             stream.write(bytearray(text.encode("utf-8")))
         finally:
@@ -251,8 +251,6 @@ class ArrowStorage:
     ``file:``, ``hdfs://`` or ``s3://`` URI."""
 
     def _resolve(self, path: str):
-        from pyarrow import fs
-
         if "://" not in path and not path.startswith("file:"):
             return fs.LocalFileSystem(), os.path.abspath(path)
         if path.startswith("file:") and not path.startswith("file://"):
@@ -264,18 +262,12 @@ class ArrowStorage:
         return filesystem, local, filesystem.get_file_info(local)
 
     def exists(self, path: str) -> bool:
-        from pyarrow import fs
-
         return self._info(path)[2].type != fs.FileType.NotFound
 
     def is_dir(self, path: str) -> bool:
-        from pyarrow import fs
-
         return self._info(path)[2].type == fs.FileType.Directory
 
     def delete(self, path: str) -> None:
-        from pyarrow import fs
-
         filesystem, local, info = self._info(path)
         if info.type == fs.FileType.Directory:
             filesystem.delete_dir(local)
@@ -287,8 +279,6 @@ class ArrowStorage:
         filesystem.create_dir(local, recursive=True)
 
     def list_dirs(self, path: str) -> list[str]:
-        from pyarrow import fs
-
         filesystem, local, info = self._info(path)
         if info.type != fs.FileType.Directory:
             return []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -125,8 +126,6 @@ def test_run_score_and_report_over_connect_match_a_classic_run(spark, remote, de
 
 
 def _without_time(page: str) -> str:
-    import re
-
     return re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\+00:00|Z)?", "<time>", page)
 
 
