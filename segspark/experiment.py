@@ -2,7 +2,8 @@
 
 **Outliers.** A customer is an outlier of their segment when they are farther from its centroid than
 the segment's ``segments.outlier_quantile`` of distances (default 0.99). The thresholds are Spark's
-``percentile_approx`` with accuracy OUTLIER_ACCURACY: exact for segments of up to that many customers
+``percentile_approx`` with accuracy OUTLIER_ACCURACY, in the pass that summarises the clusters
+(``profiles.cluster_summary``): exact for segments of up to that many customers
 (the smallest distance with at least that share of the segment at or below it), within 1/accuracy of
 the rank above. The run keeps them in the manifest, so scoring flags new customers the same way.
 
@@ -22,27 +23,16 @@ import pyspark.sql.functions as F
 from pyspark.sql import Column, DataFrame
 
 from segspark.manifest import Manifest
-from segspark.metrics import SEGMENT
+from segspark.metrics import DISTANCE, SEGMENT
 from segspark.segments import lookup
 
 OUTLIER = "outlier"
 GROUP = "group"
 CONTROL = "control"
 TREATMENT = "treatment"
-DISTANCE = "distance"
 OUTLIER_ACCURACY = 100_000
 HASH_HEX_DIGITS = 8  # 32 bits of the hash: a resolution of 2.3e-10 for the share
 TOLERANCE_SDS = 4  # the stated tolerance of a segment's control share, in binomial standard deviations
-
-
-def outlier_thresholds(table: DataFrame, quantile: float) -> dict[int, float]:
-    """Per segment, the ``quantile`` of the distances to its centroid (k numbers reach the driver)."""
-    rows = (
-        table.groupBy(SEGMENT)
-        .agg(F.percentile_approx(F.col(DISTANCE), quantile, OUTLIER_ACCURACY).alias("threshold"))
-        .collect()
-    )
-    return {int(row[SEGMENT]): float(row["threshold"]) for row in rows}
 
 
 def is_outlier(thresholds: dict[int, float]) -> Column:

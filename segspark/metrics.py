@@ -14,6 +14,7 @@ from scipy import sparse
 CLUSTER = "cluster"  # the clustering's own cluster index
 SEGMENT = "segment"  # the run's segment id (see segments.py)
 FEATURES = "features"  # the scaled vector the clustering sees (see prepare.py)
+DISTANCE = "distance"  # from a customer to their cluster's centre, in the scaled space
 
 
 BOOTSTRAP_REPLICATES = 30  # Poisson-weighted replicates of every sum below: the metrics' noise

@@ -1,7 +1,7 @@
 """Segment profiles in original units, and plain-language segment names.
 
-The statistics are computed by Spark in one aggregation; only the per-segment results (k rows) reach
-the driver, where they are laid out one row per segment for the lake and the report.
+The statistics are computed by Spark in one aggregation per cluster (``cluster_summary``); only its
+k rows reach the driver, where they are laid out one row per segment for the lake and the report.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from pyspark.sql import DataFrame
 
 from segspark.config import SegmentSettings
 from segspark.errors import ConfigError
-from segspark.metrics import SEGMENT
+from segspark.experiment import OUTLIER_ACCURACY
+from segspark.metrics import CLUSTER, DISTANCE, SEGMENT
 from segspark.validate import FeatureSpec, col
 
 QUARTILES = [0.25, 0.5, 0.75]
@@ -26,7 +27,31 @@ CLIP_REMEDY = (
 )
 
 
+def cluster_summary(clustered: DataFrame, spec: FeatureSpec, outlier_quantile: float) -> pd.DataFrame:
+    """One aggregation over the clustered customers, per ``cluster``: ``size``, each numeric feature's
+    non-missing count, mean, sample standard deviation and quartiles, and ``threshold``, the
+    ``outlier_quantile`` of the distances to the centre (k rows reach the driver).
+
+    Run first on the freshly cached clustered customers, the same pass fills their cache: the segment
+    ids, the profiles and the outlier thresholds all come from it.
+    """
+    aggregates = [
+        F.count(F.lit(1)).alias("size"),
+        F.percentile_approx(F.col(DISTANCE), outlier_quantile, OUTLIER_ACCURACY).alias("threshold"),
+    ]
+    for c in spec.numeric:
+        aggregates += [
+            F.count(col(c)).alias(f"{c}__n"),
+            F.avg(col(c)).alias(f"{c}__mean"),
+            F.stddev_samp(col(c)).alias(f"{c}__std"),
+            F.percentile_approx(col(c), QUARTILES, PERCENTILE_ACCURACY).alias(f"{c}__quartiles"),
+        ]
+    summary = clustered.groupBy(CLUSTER).agg(*aggregates).toPandas()
+    return summary.astype({CLUSTER: int, "size": "int64"}).sort_values(CLUSTER).reset_index(drop=True)
+
+
 def profile_segments(
+    summary: pd.DataFrame,
     assigned: DataFrame,
     spec: FeatureSpec,
     centers_original: dict[int, list[float]],
@@ -35,19 +60,12 @@ def profile_segments(
     """One row per segment: name, size, share, per-feature mean/quartiles/z-score/centroid, category
     shares, and the playbook's suggested ``action``.
 
-    ``assigned`` has the raw feature values (NULL where missing) and ``segment``. The z-score compares
-    a segment's mean with the mean of all assigned customers, in units of their standard deviation.
+    ``summary``: ``cluster_summary`` with a ``segment`` column; ``assigned``: the customers with their
+    raw feature values (NULL where missing) and ``segment``, read only for the categorical features'
+    shares. The z-score compares a segment's mean with the mean of all assigned customers, in units of
+    their standard deviation.
     """
-    aggregates = [F.count(F.lit(1)).alias("size")]
-    for c in spec.numeric:
-        aggregates += [
-            F.count(col(c)).alias(f"{c}__n"),
-            F.avg(col(c)).alias(f"{c}__mean"),
-            F.stddev_samp(col(c)).alias(f"{c}__std"),
-            F.percentile_approx(col(c), QUARTILES, PERCENTILE_ACCURACY).alias(f"{c}__quartiles"),
-        ]
-    segments = assigned.groupBy(SEGMENT).agg(*aggregates).toPandas()
-    segments = segments.astype({SEGMENT: int}).sort_values(SEGMENT).reset_index(drop=True)
+    segments = summary.astype({SEGMENT: int}).sort_values(SEGMENT).reset_index(drop=True)
 
     total = int(segments["size"].sum())
     profile = pd.DataFrame({SEGMENT: segments[SEGMENT], "size": segments["size"].astype("int64")})

@@ -18,7 +18,8 @@ from segspark.errors import InputDataError
 from segspark.experiment import act_columns
 from segspark.lake import Lake, write_table
 from segspark.manifest import MANIFEST_FILE, Manifest, read_manifest
-from segspark.segments import assignments, with_segment
+from segspark.metrics import DISTANCE
+from segspark.segments import assignments, distance_to_center, with_segment
 from segspark.steps import read_input
 from segspark.validate import resolve_features, split_rejects, with_reject_reason
 
@@ -99,8 +100,8 @@ def score(
         centers = ALGORITHMS[algorithm].centres(model.stages[-1])
         segment_of = {s.cluster: s.segment for s in manifest.segments}
         names = {s.segment: s.segment_name for s in manifest.segments}
-        segmented = with_segment(model.transform(valid), segment_of)
-        scored = assignments(segmented, id_column, names, centers, algorithm)
+        clustered = model.transform(valid).withColumn(DISTANCE, distance_to_center(centers))
+        scored = assignments(with_segment(clustered, segment_of), id_column, names, algorithm)
         scored = with_act_columns(scored, manifest)
         write_table(scored, f"{output}/assignments", fmt)
         write_table(rejects, f"{output}/rejects", fmt)

@@ -21,7 +21,7 @@ from scipy.optimize import linear_sum_assignment
 
 from segspark.algorithms import ALGORITHMS
 from segspark.manifest import Manifest
-from segspark.metrics import CLUSTER, FEATURES, SEGMENT
+from segspark.metrics import CLUSTER, DISTANCE, FEATURES, SEGMENT
 from segspark.validate import col
 
 log = logging.getLogger(__name__)
@@ -114,19 +114,15 @@ def distance_to_center(centers: list[list[float]]) -> Column:
 
 
 def assignments(
-    segmented: DataFrame,
-    id_column: str,
-    names: dict[int, str],
-    centers: list[list[float]],
-    algorithm: str = "kmeans",
+    segmented: DataFrame, id_column: str, names: dict[int, str], algorithm: str = "kmeans"
 ) -> DataFrame:
     """The assignments table: customer_id, segment, segment_name, distance (+ the algorithm's own
-    columns: a mixture's probability)."""
+    columns: a mixture's probability); ``segmented`` has ``distance`` (``distance_to_center``)."""
     return segmented.select(
         col(id_column).alias(OUTPUT_ID),
         F.col(SEGMENT),
         lookup(names, F.col(SEGMENT)).alias("segment_name"),
-        distance_to_center(centers).alias("distance"),
+        F.col(DISTANCE),
         *[output().alias(name) for name, output in ALGORITHMS[algorithm].outputs.items()],
     )
 

@@ -22,7 +22,7 @@ from segspark.algorithms import ALGORITHMS, fitter_for
 from segspark.config import ConsentSettings, Settings
 from segspark.consent import NO_CONSENT, check_consent_column
 from segspark.errors import InputDataError, SegsparkError
-from segspark.experiment import act_columns, outlier_thresholds, segment_counts
+from segspark.experiment import act_columns, segment_counts
 from segspark.features import (
     ORDER_CUSTOMER_ID,
     OrderFeatures,
@@ -34,20 +34,30 @@ from segspark.features import (
 )
 from segspark.lake import Lake, read_source, small_table, write_table
 from segspark.manifest import Consent, Migration, Orders
-from segspark.metrics import CLUSTER, FEATURES, SEGMENT
+from segspark.metrics import CLUSTER, DISTANCE, SEGMENT
 from segspark.prepare import Prepared, scaler_of, vector_columns
 from segspark.profiles import (
     add_audit_shares,
     check_playbook,
+    cluster_summary,
     original_units,
     profile_segments,
     small_segments,
 )
 from segspark.report import report_sample
 from segspark.rules import Rules, imputer_medians, segment_rules, sql_file
-from segspark.segments import EarlierRun, assignments, lookup, migration, segment_ids, with_segment
+from segspark.segments import (
+    EarlierRun,
+    assignments,
+    distance_to_center,
+    lookup,
+    migration,
+    segment_ids,
+    with_segment,
+)
 from segspark.sweep import SweepResult, spark_model, sweep_k
 from segspark.validate import (
+    REASON,
     FeatureSpec,
     audit_columns,
     col,
@@ -161,9 +171,10 @@ class Swept:
 
 @dataclass(frozen=True)
 class Assigned:
-    clustered: DataFrame  # the usable customers with their cluster (cached)
+    clustered: DataFrame  # the usable customers with their cluster and distance to its centre (cached)
     assigned: DataFrame  # ... and their segment
     segment_of: dict[int, int]  # cluster -> segment id
+    summary: pd.DataFrame  # per cluster and its segment: size, feature statistics, outlier threshold
     centers: np.ndarray  # in the scaled space, in cluster order
     centers_unscaled: np.ndarray  # before scaling (after impute and log1p)
     mean: np.ndarray  # the scaler's
@@ -173,6 +184,12 @@ class Assigned:
     @property
     def cluster_of(self) -> dict[int, int]:
         return {segment: cluster for cluster, segment in self.segment_of.items()}
+
+    @property
+    def thresholds(self) -> dict[int, float]:
+        """segment -> the distance beyond which its customers are outliers."""
+        pairs = zip(self.summary[SEGMENT], self.summary["threshold"], strict=True)
+        return {int(segment): float(threshold) for segment, threshold in pairs}
 
 
 @dataclass(frozen=True)
@@ -287,17 +304,19 @@ def validate(ctx: Context, inputs: Inputs) -> Validated:
             inputs.raw, inputs.spec, settings.features.missing, keep=inputs.audit, consent=inputs.consent
         )
     )
-    rows_read = checked.count()
+    # one pass fills the cache and counts the rows read, rejected and left out for lack of consent
+    counts = checked.agg(
+        F.count(F.lit(1)).alias("read"),
+        F.count(F.col(REASON)).alias("rejected"),
+        F.count(F.when(F.col(REASON) == F.lit(NO_CONSENT), 1)).alias("no_consent"),
+    ).first()
     valid, rejects = split_rejects(checked, inputs.spec)
-    rows_rejected = rejects.count() if rows_read else 0
-    consent = describe_consent(inputs.consent, rejects) if inputs.consent is not None else None
-    return Validated(valid, rejects, rows_read, rows_rejected, consent, orders)
-
-
-def describe_consent(consent: ConsentSettings, rejects: DataFrame) -> Consent:
-    """The manifest's ``consent``: the setting and how many customers were left out for lack of it."""
-    left_out = rejects.filter(F.col("reason") == F.lit(NO_CONSENT)).count()
-    return Consent(column=consent.column, allowed=list(consent.allowed), rejected=left_out)
+    consent = None
+    if inputs.consent is not None:
+        consent = Consent(
+            column=inputs.consent.column, allowed=list(inputs.consent.allowed), rejected=counts["no_consent"]
+        )
+    return Validated(valid, rejects, counts["read"], counts["rejected"], consent, orders)
 
 
 def sweep(ctx: Context, prepared: Prepared, earlier: EarlierRun | None) -> Swept:
@@ -327,18 +346,21 @@ def assign(
     clustered = ctx.cache(
         swept.model.transform(validated.valid).select(
             *[col(c) for c in (spec.id_column, *spec.columns, *inputs.audit)],
-            F.col(FEATURES),
             F.col(CLUSTER),
             *[F.col(c) for c in algorithm.outputs],
+            distance_to_center(centers.tolist()).alias(DISTANCE),
         )
     )
-    sizes = {row[CLUSTER]: row["count"] for row in clustered.groupBy(CLUSTER).count().collect()}
+    summary = cluster_summary(clustered, spec, ctx.settings.segments.outlier_quantile)  # fills the cache
+    sizes = dict(zip(summary[CLUSTER], summary["size"], strict=True))
     columns = vector_columns(prepared.preparation, spec)
     segment_of = segment_ids(centers_unscaled, sizes, mean, std, columns, earlier)
+    summary[SEGMENT] = summary[CLUSTER].map(segment_of)
     return Assigned(
         clustered=clustered,
         assigned=with_segment(clustered, segment_of),
         segment_of=segment_of,
+        summary=summary,
         centers=centers,
         centers_unscaled=centers_unscaled,
         mean=mean,
@@ -354,7 +376,7 @@ def profile(ctx: Context, inputs: Inputs, assigned: Assigned, clipped: bool) -> 
         segment: original_units(assigned.centers_unscaled[cluster], spec)
         for cluster, segment in assigned.segment_of.items()
     }
-    profiles = profile_segments(assigned.assigned, spec, originals, settings)
+    profiles = profile_segments(assigned.summary, assigned.assigned, spec, originals, settings)
     profiles = add_audit_shares(profiles, assigned.assigned, inputs.audit)
     warnings = small_segments(profiles, settings.min_size, clipped=clipped)
     for warning in warnings:
@@ -390,14 +412,8 @@ def rules(
 def write_assignments(ctx: Context, inputs: Inputs, assigned: Assigned, profiled: Profiled) -> Written:
     """``assignments/`` with the outlier flag and the control group; the profiles get their counts."""
     settings = ctx.settings
-    table = assignments(
-        assigned.assigned,
-        inputs.spec.id_column,
-        profiled.names,
-        assigned.centers.tolist(),
-        settings.model.algorithm,
-    )
-    thresholds = outlier_thresholds(table, settings.segments.outlier_quantile)
+    table = assignments(assigned.assigned, inputs.spec.id_column, profiled.names, settings.model.algorithm)
+    thresholds = assigned.thresholds
     table = act_columns(table, thresholds, settings.output.control_share, settings.output.control_salt)
     write_table(table, f"{ctx.staging}/assignments", ctx.format)
     counts = segment_counts(ctx.read_back("assignments", inferSchema="true"))
