@@ -108,6 +108,13 @@ class Runtime:
         except AttributeError:  # another client version: the address it was given, less any token
             return re.sub(r"/;.*$", "", os.environ.get("SPARK_REMOTE", "sc://")) or None
 
+    def driver_process(self):
+        """The ``subprocess.Popen`` of the driver JVM this process launched (a local session started by
+        pyspark), else None (spark-submit started the JVM, or Connect has none here)."""
+        if self.connect:
+            return None
+        return getattr(self.spark.sparkContext._gateway, "proc", None)
+
     def conf_value(self, key: str) -> str | None:
         """A setting as the application started with it (static ones included)."""
         if self.connect:

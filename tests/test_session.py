@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+
 import pytest
 import yaml
 
@@ -44,3 +49,51 @@ def test_a_bad_spark_setting_on_the_command_line_exits_2_naming_the_key(spark, t
     assert code == 2
     err = capsys.readouterr().err
     assert "spark.sql.shuffle.partitions" in err and "Traceback" not in err
+
+
+JVM_OF_A_LOCAL_SESSION = """
+import os, sys
+from segspark.config import SparkSettings
+from segspark.session import get_session
+spark = get_session(SparkSettings(master="local[1]", conf={"spark.ui.enabled": False}))
+spark.range(3).count()
+pid = spark.sparkContext._gateway.proc.pid
+with open(f"/proc/{pid}/cmdline") as cmdline, open(f"/proc/{pid}/maps") as maps:
+    print(cmdline.read().replace("\\0", " "))
+    print("mapped:", sorted({line.split()[-1] for line in maps if line.rstrip().endswith(".jsa")}))
+sys.stdout.flush()
+if sys.argv[1:] == ["killed"]:
+    os._exit(0)  # no clean end: the atexit handlers never run
+"""
+
+
+def _local_jvm(cache, *args: str) -> str:
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache)}
+    env.pop("PYSPARK_GATEWAY_PORT", None)
+    done = subprocess.run(
+        [sys.executable, "-c", JVM_OF_A_LOCAL_SESSION, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_a_local_jvm_maps_the_class_archive_only_after_one_was_written_by_a_clean_exit(tmp_path):
+    folder = tmp_path / "segspark"
+    killed = _local_jvm(tmp_path, "killed")  # records, but its program ends without waiting for it
+    assert "-XX:ArchiveClassesAtExit=" in killed
+    time.sleep(5)  # its JVM writes the archive on its own; it stays a part, never the archive
+    assert not list(folder.glob("*.jsa"))
+
+    recorded = _local_jvm(tmp_path)
+    assert "-XX:ArchiveClassesAtExit=" in recorded
+    (archive,) = folder.glob("*.jsa")
+    assert archive.stat().st_size > 50 * 2**20  # Spark's classes: hundreds of MB, not a stub
+
+    mapped = _local_jvm(tmp_path)
+    assert f"-XX:SharedArchiveFile={archive}" in mapped
+    (maps,) = [line for line in mapped.splitlines() if line.startswith("mapped:")]
+    assert repr(str(archive)) in maps  # the JVM really maps it (besides the JDK's own archive)
