@@ -1,15 +1,17 @@
 """Benchmark: `segspark run` against the scikit-learn recipe of the articles, on the same customers.
 
-    python scripts/bench.py [--sizes 1000000 10000000] [--data bench-data] [--no-extras]
+    python scripts/bench.py [--sizes 1000000 10000000] [--data bench-data] [--no-extras] [--no-untuned]
 
 For each size it generates (or reuses) N customers with 6 numeric features and 5 known segments,
 then runs, each in its own process so that peak memory is its own:
   - segspark:         `segspark run` for k = 2..10 (local mode, all cores, driver memory 6g);
-  - segspark untuned: the same with no Spark setting at all, as a user first writes the config;
+  - segspark untuned: the same with no Spark setting at all, as a user first writes the config
+                      (not with --no-untuned);
   - scikit-learn:     StandardScaler, KMeans(n_init=1) per k, silhouette_score(sample_size=20000),
                       the best k, assignments and per-segment means written to parquet.
-It prints one table: wall seconds of each, the ratio segspark / scikit-learn, peak memory (RSS of the
-process tree), chosen k and adjusted Rand index against the truth; then, per step of segspark's
+A run that fails (scikit-learn out of memory at 50M) is printed as failed, with its output's end, and
+shows NaN. It prints one table: wall seconds of each, the ratio segspark / scikit-learn, peak memory
+(RSS of the process tree), chosen k and adjusted Rand index against the truth; then, per step of segspark's
 tuned run, seconds, Spark jobs, tasks and passes over the rows (rows read by file and cache scans,
 from Spark's event log, divided by N). Unless --no-extras: the 20,000-customer demo (`make run`'s job)
 end to end, and the same 30,000-customer job in local mode and under spark-submit on a
@@ -223,12 +225,13 @@ def result_of(lake: Path, truth: pd.DataFrame) -> tuple[int | None, float]:
     return k, ari(pd.read_parquet(lake / "runs" / "bench" / "assignments"), truth)
 
 
-def bench(n: int, data: Path, driver_memory: str) -> dict:
+def bench(n: int, data: Path, driver_memory: str, untuned: bool = True) -> dict:
     folder = generated(n, data)
     customers, truth = folder / "customers.parquet", pd.read_parquet(folder / "truth.parquet")
     events, sk_out = folder / "events", folder / "sklearn"
-    runs = {}
-    for name, conf in (("tuned", {"spark.driver.memory": driver_memory}), ("untuned", {})):
+    runs = {"untuned": (float("nan"), float("nan"), None, float("nan"))}
+    configs = [("tuned", {"spark.driver.memory": driver_memory})] + ([("untuned", {})] if untuned else [])
+    for name, conf in configs:
         lake = folder / f"lake-{name}"
         shutil.rmtree(lake, ignore_errors=True)
         spark = {"master": "local[*]", "conf": {"spark.ui.enabled": False, **conf}}
@@ -239,7 +242,11 @@ def bench(n: int, data: Path, driver_memory: str) -> dict:
         seconds, peak = segspark_run(config, check=name == "tuned")
         runs[name] = (seconds, peak, *result_of(lake, truth))
     print(f"n={n}: scikit-learn ...", flush=True)
-    sk_seconds, sk_peak = timed([sys.executable, __file__, "--sklearn-worker", str(customers), str(sk_out)])
+    shutil.rmtree(sk_out, ignore_errors=True)  # a failed run (out of memory) leaves no result behind
+    sk_seconds, sk_peak = timed(
+        [sys.executable, __file__, "--sklearn-worker", str(customers), str(sk_out)], check=False
+    )
+    sk_done = (sk_out / "k").exists()
     manifest = json.loads((folder / "lake-tuned" / "runs" / "bench" / "manifest.json").read_text())
     work = spark_work(events)
     steps = pd.DataFrame({"seconds": pd.Series(manifest["timings"])}).join(work, how="outer")
@@ -256,10 +263,12 @@ def bench(n: int, data: Path, driver_memory: str) -> dict:
         "sklearn_peak_mb": sk_peak,
         "segspark_k": runs["tuned"][2],
         "untuned_k": runs["untuned"][2],
-        "sklearn_k": int((sk_out / "k").read_text()),
+        "sklearn_k": int((sk_out / "k").read_text()) if sk_done else None,
         "segspark_ari": runs["tuned"][3],
         "untuned_ari": runs["untuned"][3],
-        "sklearn_ari": ari(pd.read_parquet(sk_out / "assignments.parquet"), truth),
+        "sklearn_ari": ari(pd.read_parquet(sk_out / "assignments.parquet"), truth)
+        if sk_done
+        else float("nan"),
         "jobs": int(work["jobs"].sum()),
         "passes": float(work["rows_read"].sum() / n),
         "steps": steps,
@@ -322,12 +331,13 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=REPO / "bench-data")
     parser.add_argument("--driver-memory", default="6g")
     parser.add_argument("--no-extras", action="store_true", help="skip the demo and local-cluster runs")
+    parser.add_argument("--no-untuned", action="store_true", help="skip the run without Spark settings")
     parser.add_argument("--sklearn-worker", nargs=2, metavar=("CUSTOMERS", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sklearn_worker:
         sklearn_worker(*args.sklearn_worker)
         return
-    rows = [bench(n, args.data, args.driver_memory) for n in args.sizes]
+    rows = [bench(n, args.data, args.driver_memory, not args.no_untuned) for n in args.sizes]
     table = pd.DataFrame([{k: v for k, v in r.items() if k != "steps"} for r in rows])
     print()
     print(table.T.to_string(float_format=lambda v: f"{v:.3f}"))

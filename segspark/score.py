@@ -91,7 +91,13 @@ def score(
         ),
         exclude=(consent.column,) if consent is not None else (),
     )
-    checked = with_reject_reason(raw, spec, settings.features.missing, consent=consent).persist()
+    cached: list[DataFrame] = []
+
+    def cache(rows: DataFrame) -> DataFrame:
+        cached.append(rows.persist())
+        return cached[-1]
+
+    checked = with_reject_reason(raw, spec, settings.features.missing, consent=consent, cache=cache)
     try:
         rows_read = checked.count()
         valid, rejects = split_rejects(checked, spec)
@@ -117,7 +123,8 @@ def score(
             "output": output,
         }
     finally:
-        checked.unpersist()
+        for rows in cached:
+            rows.unpersist()
     Lake(spark, output).write_text(f"{output}/score.json", json.dumps(summary, indent=2) + "\n")
     log.info("scored %s rows with run %s", summary["rows"], manifest.run_id)
     return summary

@@ -299,12 +299,15 @@ def validate(ctx: Context, inputs: Inputs) -> Validated:
         if settings.input.customers is not None:
             counts |= count_matches(inputs.raw, inputs.orders, inputs.spec.id_column)
         orders = Orders.model_validate({**orders.model_dump(exclude_unset=True), **counts})
-    checked = ctx.cache(
-        with_reject_reason(
-            inputs.raw, inputs.spec, settings.features.missing, keep=inputs.audit, consent=inputs.consent
-        )
+    checked = with_reject_reason(
+        inputs.raw,
+        inputs.spec,
+        settings.features.missing,
+        keep=inputs.audit,
+        consent=inputs.consent,
+        cache=ctx.cache,
     )
-    # one pass fills the cache and counts the rows read, rejected and left out for lack of consent
+    # read from the cache: the rows read, rejected and left out for lack of consent
     counts = checked.agg(
         F.count(F.lit(1)).alias("read"),
         F.count(F.col(REASON)).alias("rejected"),

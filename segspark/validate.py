@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyspark.sql.functions as F
@@ -279,11 +280,16 @@ def with_reject_reason(
     missing: str,
     keep: list[str] | tuple[str, ...] = (),
     consent: ConsentSettings | None = None,
+    cache: Callable[[DataFrame], DataFrame] = lambda rows: rows,
 ) -> DataFrame:
     """The input's id and features (numbers as double), ``reason`` (NULL for a usable row) and, for a
     row with a reason, its raw feature ``values`` as JSON. ``keep`` columns (not features: e.g. the
     sensitive ones profiled for the audit) are passed through as they are. With ``consent``, a row
-    without consent is rejected before any other check, and its values are not kept."""
+    without consent is rejected before any other check, and its values are not kept.
+
+    ``cache``: how the caller caches the checked rows (``DataFrame.persist`` and keep it for unpersisting
+    later); the duplicate-id check then reads the ids from that cache instead of the input again, and
+    only a table with repeated ids gets a second, resolved cache."""
     checks: list[Column] = [F.when(is_blank(col(spec.id_column)), F.lit(MISSING_ID))]
     if CORRUPT_RECORD in df.columns:
         checks.insert(0, F.when(F.col(CORRUPT_RECORD).isNotNull(), F.lit("malformed line")))
@@ -321,7 +327,9 @@ def with_reject_reason(
     )
     if consent is not None:
         checked = _refuse_for_every_row(checked, spec)
-    return _reject_duplicate_ids(checked, spec)
+    checked = cache(checked)
+    resolved = _reject_duplicate_ids(checked, spec)
+    return checked if resolved is checked else cache(resolved)
 
 
 def _refuse_for_every_row(checked: DataFrame, spec: FeatureSpec) -> DataFrame:
@@ -343,7 +351,8 @@ def is_blank(value: Column) -> Column:
 
 
 def _reject_duplicate_ids(checked: DataFrame, spec: FeatureSpec) -> DataFrame:
-    """Of the usable rows sharing an id, keep the one with the smallest feature values; reject the rest.
+    """Of the usable rows sharing an id, keep the one with the smallest feature values; reject the rest
+    (``checked`` itself when no id repeats).
 
     The ids alone are counted first (a shuffle of one column); only the rows of ids that occur more
     than once then go through the window that ranks them, so a table without duplicates is never
