@@ -145,9 +145,11 @@ def test_event_log_names_each_step(demo_data, tmp_path):
         event = json.loads(line)
         if event["Event"] == "SparkListenerJobStart":
             descriptions[event.get("Properties", {}).get("spark.job.description")] += 1
-    for step in ["validate", "prepare", "sweep", "assign", "profile", "write assignments"]:
+    for step in ["validate", "prepare", "sweep", "assign", "write assignments"]:
         assert f"segspark: {step}" in descriptions, sorted(map(str, descriptions))
     assert descriptions["segspark: sweep"] <= 10, descriptions
+    # the profiles (numeric features only) come from assign's one pass over the clustered customers
+    assert "segspark: profile" not in descriptions, descriptions
 
 
 # The one line a Spark 4 JVM prints on start that no log setting reaches (Spark loads the module).
