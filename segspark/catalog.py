@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pyspark.sql.functions as F
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from segspark.config import CatalogSettings, OutputSettings, Settings, SparkSettings
@@ -50,6 +50,7 @@ VIEW_RUN = "segspark.run_id"  # the view's property naming the run it shows
 DEFAULT_DIR = "_catalog"  # under output.path
 WAREHOUSE, METASTORE = "warehouse", "metastore_db"
 HIVE = "hive"
+TEXT_FORMATS = ("csv", "json")  # output formats whose files keep no column types
 BACKUP_SUFFIX = ".catalog"  # _staging/<run_id>.catalog/<table>: a replaced partition, until the run is done
 
 
@@ -174,8 +175,9 @@ def catalog_tables(
         for name in TABLES
         if name in manifest.outputs
     }
+    text = output.format in TEXT_FORMATS
     for name, frame in rows.items():
-        _check_table(spark, f"{database}.{name}", frame)
+        _check_table(spark, f"{database}.{name}", frame, text)
     for name in VIEWS:
         _view_run(spark, f"{database}.{name}{LATEST}")  # refuses a view segspark did not make
     backups = lake.path(STAGING_DIR, f"{run_id}{BACKUP_SUFFIX}")
@@ -279,8 +281,11 @@ def _view_run(spark: SparkSession, view: str) -> str | None:
     return properties[VIEW_RUN]
 
 
-def _check_table(spark: SparkSession, table: str, frame: DataFrame) -> None:
-    """An existing table must be partitioned by run_id and hold this run's columns in types that fit."""
+def _check_table(spark: SparkSession, table: str, frame: DataFrame, text: bool = False) -> None:
+    """An existing table must be partitioned by run_id and hold this run's columns in types that fit.
+    ``text``: the run's files are csv or json, whose types Spark guessed from the values (a number
+    column of whole numbers reads as bigint from json), so a column of another type fits when every
+    value of it converts to the table's type."""
     if not spark.catalog.tableExists(table):
         return
     partitions = [c.name for c in spark.catalog.listColumns(table) if c.isPartition]
@@ -290,10 +295,18 @@ def _check_table(spark: SparkSession, table: str, frame: DataFrame) -> None:
             "not make it; rename or drop it, or choose another output.catalog.database"
         )
     types = {f.name: f.dataType for f in spark.table(table).schema.fields}
+    unfit = [f for f in frame.schema.fields if f.name in types and not _fits(f.dataType, types[f.name])]
+    if unfit and text:
+        lost = frame.agg(  # values that do not convert (try_cast: NULL instead of an error under ANSI)
+            *[
+                F.count(F.when(col(f.name).isNotNull() & _try_cast(f.name, types[f.name]).isNull(), 1))
+                for f in unfit
+            ]
+        ).first()
+        unfit = [f for f, n in zip(unfit, lost, strict=True) if n]
     clashes = [
         f"{f.name} is {types[f.name].simpleString()} there and {f.dataType.simpleString()} in this run"
-        for f in frame.schema.fields
-        if f.name in types and not _fits(f.dataType, types[f.name])
+        for f in unfit
     ]
     if clashes:
         raise OutputError(
@@ -339,12 +352,31 @@ def _drop_partition(spark: SparkSession, table: str, run_id: str) -> None:
 
 
 def _staged(spark: SparkSession, path: str, fmt: str) -> DataFrame:
-    """A staged output as written; from csv and json the customer id is read as text, as it was written."""
+    """A staged output as written; from csv and json the customer id is read as text, as it was written,
+    and a column without a single value is left out (see ``_without_empty_columns``)."""
     reader = spark.read.format(fmt).options(**(CSV_DEFAULTS if fmt == "csv" else {}))
     frame = reader.load(path)
-    if fmt in ("csv", "json"):
-        frame = reader.schema(ids_as_text(frame.schema, (OUTPUT_ID,))).load(path)
+    if fmt in TEXT_FORMATS:
+        frame = _without_empty_columns(reader.schema(ids_as_text(frame.schema, (OUTPUT_ID,))).load(path))
     return frame
+
+
+def _without_empty_columns(frame: DataFrame) -> DataFrame:
+    """Read from csv, a column without a value (``gap`` when k was not chosen by the gap statistic) is
+    text whatever it held, and json leaves it out: it says nothing of the column's type. Left out, it is
+    NULL in the run's rows like any column a run lacks, and the table keeps (or gets from the next run
+    that has values) the column's real type, not text."""
+    strings = [f.name for f in frame.schema.fields if isinstance(f.dataType, T.StringType)]
+    if not strings:
+        return frame
+    counts = frame.agg(*[F.count(col(name)) for name in strings]).first()
+    empty = {name for name, n in zip(strings, counts, strict=True) if n == 0}
+    return frame.select(*[col(name) for name in frame.columns if name not in empty]) if empty else frame
+
+
+def _try_cast(name: str, to: T.DataType) -> Column:
+    """``try_cast`` of a column (a method of Column only from Spark 4.0; the SQL function in 3.5 too)."""
+    return F.expr(f"try_cast({_identifier(name)} AS {to.simpleString()})")
 
 
 def _identifier(name: str) -> str:

@@ -58,7 +58,11 @@ def segspark_run(work: Path, run_id: str, *overrides: str) -> str:
 
 
 def first(work: Path) -> dict:
-    return {run_id: segspark_run(work, run_id, "output.report=false") for run_id in ("r1", "r2")}
+    # r2 writes its files as csv: output.format governs the files, the tables keep the session's format
+    return {
+        "r1": segspark_run(work, "r1", "output.report=false"),
+        "r2": segspark_run(work, "r2", "output.report=false", "output.format=csv"),
+    }
 
 
 def snapshot(spark) -> dict:
@@ -83,6 +87,8 @@ def snapshot(spark) -> dict:
             seen[name]["shows"] = {r["key"]: r["value"] for r in properties}.get(catalog.VIEW_RUN)
         else:
             seen[name]["partitions"] = sorted(r[0] for r in spark.sql(f"SHOW PARTITIONS {full}").collect())
+            described = spark.sql(f"DESCRIBE TABLE EXTENDED {full}").collect()
+            seen[name]["provider"] = {r["col_name"]: r["data_type"] for r in described}.get("Provider")
     return seen
 
 

@@ -22,9 +22,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from segspark import catalog
 from segspark.catalog import session_conf, session_settings
 from segspark.config import settings_from_dict
-from segspark.errors import ConfigError
+from segspark.errors import ConfigError, OutputError
 from segspark.generate import ARCHETYPES, BOUNDS, FEATURES, ROUNDING
 from tests.conftest import REPO
 
@@ -73,7 +74,13 @@ class Lake:
         return self.work / "lake" / "runs" / run_id
 
     def read(self, run_id: str, name: str) -> pd.DataFrame:
-        return pd.read_parquet(self.run_dir(run_id) / name)
+        """An output of a run, from its files (parquet, or csv as r2 writes them)."""
+        folder = self.run_dir(run_id) / name
+        if json.loads((folder.parent / "manifest.json").read_text())["settings"]["output"]["format"] == "csv":
+            parts = sorted(folder.glob("part-*.csv"))
+            frames = [pd.read_csv(p, dtype={"customer_id": str}) for p in parts]
+            return pd.concat([f for f in frames if len(f)], ignore_index=True)  # some parts: a header only
+        return pd.read_parquet(folder)
 
     def manifest(self, run_id: str) -> dict:
         return json.loads((self.run_dir(run_id) / "manifest.json").read_text())
@@ -134,6 +141,9 @@ def test_tables_hold_each_run_as_a_partition_with_its_rows(lake):
         assert after[name]["partitions"] == [f"run_id={r}" for r in RUNS], name
         assert [run[:2] for run in after[name]["runs"]] == _rows(lake, name), name
         assert after[name]["columns"][-2:] == ["run_ts", "run_id"], name
+        # r2 wrote its files as csv (output.format); the tables keep the session's default format
+        assert after[name]["provider"] == "parquet", name
+        assert list((lake.run_dir("r2") / name).glob("part-*.csv")), name
     assert _rows(lake, "assignments") == [["r1", 2000], ["r2", 2250], ["r3", 2250]]
 
 
@@ -293,3 +303,28 @@ def test_an_embedded_catalog_in_an_object_store_is_refused_with_the_key_to_set()
         session_conf(_settings(path="s3a://bucket/seg", catalog={"database": "segs"}))
     local = _settings(path="s3a://bucket/seg", catalog={"database": "segs", "dir": "file:/tmp/cat"})
     assert session_conf(local)["spark.sql.warehouse.dir"] == "/tmp/cat/warehouse"
+
+
+def test_csv_and_json_files_go_into_the_tables_by_their_values_not_by_guessed_types(spark, tmp_path):
+    """Spark guesses the types of csv and json files from their values: a column without a value reads
+    as text from csv, whole numbers as bigint from json. They still go into a table a parquet run made."""
+    spark.sql("CREATE DATABASE IF NOT EXISTS textual")
+    table = "textual.k_metrics"
+    made = "k int, silhouette double, gap double, run_id string"  # as a parquet run made it
+    spark.createDataFrame([(2, 0.5, None, "r1")], made).write.partitionBy("run_id").saveAsTable(table)
+    written = "k int, silhouette double, gap double"
+    as_csv, as_json, bad = (str(tmp_path / name) for name in ("csv", "json", "bad"))
+    spark.createDataFrame([(3, 0.7, None)], written).write.option("header", "true").csv(as_csv)
+    spark.createDataFrame([(4, 0.6, None)], written).write.json(as_json)
+    spark.createDataFrame([("x", 0.6)], "k string, silhouette double").write.option("header", "true").csv(bad)
+
+    from_csv = catalog._staged(spark, as_csv, "csv")
+    assert from_csv.columns == ["k", "silhouette"]  # gap, without a value, has no type to give the table
+    catalog._check_table(spark, table, from_csv, text=True)
+    from_json = catalog._staged(spark, as_json, "json")
+    assert from_json.dtypes == [("k", "bigint"), ("silhouette", "double")]
+    catalog._check_table(spark, table, from_json, text=True)  # 4 is an int
+    with pytest.raises(OutputError, match="k is int there and bigint in this run"):
+        catalog._check_table(spark, table, from_json)  # parquet files keep their types: bigint is bigint
+    with pytest.raises(OutputError, match="k is int there and string in this run"):
+        catalog._check_table(spark, table, catalog._staged(spark, bad, "csv"), text=True)
