@@ -217,6 +217,24 @@ def second(work: Path) -> dict:
     except OutputError as exc:
         seen["refused"] = str(exc)
     seen["other"] = sorted(row["tableName"] for row in spark.sql("SHOW TABLES IN other").collect())
+
+    # r3 runs again, successfully, on the customers of r1 and without rules, into another folder but
+    # the same catalog (output.catalog.dir): its partitions replace those of the first r3, and the
+    # rules table keeps no rows of the first r3
+    mark("r3 again")
+    rerun = [
+        f"input.customers.path={work / 'r1'}.parquet",
+        "output.run_id=r3",
+        f"output.path={work / 'rerun'}",
+        f"output.catalog.dir={work / 'lake' / '_catalog'}",
+        "model.restarts=1",
+        "output.report=false",
+        "segments.rule_depth=0",
+    ]
+    seen["summary r3 again"] = cli(
+        "run", "--config", str(work / "config.yaml"), *[part for o in rerun for part in ("--set", o)]
+    )
+    seen["after r3 again"] = snapshot(spark)
     spark.stop()
     return seen
 

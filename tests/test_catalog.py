@@ -73,9 +73,9 @@ class Lake:
     def run_dir(self, run_id: str) -> Path:
         return self.work / "lake" / "runs" / run_id
 
-    def read(self, run_id: str, name: str) -> pd.DataFrame:
+    def read(self, run_id: str, name: str, lake: str = "lake") -> pd.DataFrame:
         """An output of a run, from its files (parquet, or csv as r2 writes them)."""
-        folder = self.run_dir(run_id) / name
+        folder = self.work / lake / "runs" / run_id / name
         if json.loads((folder.parent / "manifest.json").read_text())["settings"]["output"]["format"] == "csv":
             parts = sorted(folder.glob("part-*.csv"))
             frames = [pd.read_csv(p, dtype={"customer_id": str}) for p in parts]
@@ -145,6 +145,22 @@ def test_tables_hold_each_run_as_a_partition_with_its_rows(lake):
         assert after[name]["provider"] == "parquet", name
         assert list((lake.run_dir("r2") / name).glob("part-*.csv")), name
     assert _rows(lake, "assignments") == [["r1", 2000], ["r2", 2250], ["r3", 2250]]
+
+
+@pytest.mark.slow
+def test_a_rerun_of_a_run_id_replaces_its_partitions(lake):
+    """r3 again, on r1's customers and without rules: its rows replace the first r3's everywhere."""
+    before, after = lake.second["after r3"], lake.second["after r3 again"]
+    assert after["objects"] == before["objects"]
+    for name in ("assignments", "profiles", "k_metrics"):
+        assert after[name]["partitions"] == [f"run_id={r}" for r in RUNS], name
+        again = len(lake.read("r3", name, lake="rerun"))
+        assert [run[:2] for run in after[name]["runs"]][2] == ["r3", again], name
+        assert after[name]["runs"][:2] == before[name]["runs"][:2], name  # r1 and r2 as they were
+        assert after[f"{name}_latest"]["runs"] == after[name]["runs"][2:], name
+    assert len(lake.read("r3", "assignments", lake="rerun")) == 2000
+    assert after["rules"]["partitions"] == ["run_id=r1", "run_id=r2"]  # the first r3's rules are gone
+    assert after["rules"]["runs"] == before["rules"]["runs"][:2]
 
 
 @pytest.mark.slow
