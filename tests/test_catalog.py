@@ -313,6 +313,7 @@ def test_history_command_and_report_show_the_segments_over_time(lake):
     assert "<h2>Segments over time</h2>" in report
     assert lake.second["report rebuilt the same"]  # `segspark report` reads the same runs as the run did
     assert f"run r3: the centre of segment {careful} (" in report
+    assert f"drift: the centre of segment {careful} (" in report  # among the warnings of its summary
     assert f"run r2: segment {young} (" in report and "grew from 20.0% to 28.9%" in report
 
 
