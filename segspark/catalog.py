@@ -8,7 +8,8 @@ were verified; the tables use the session's default table format.
 
 All or nothing (``catalog_tables``): every table and view is checked before the first write. Then the
 database and missing tables are created, each table's partition is written (the partition of an earlier
-run with the same id is copied aside first), the views move, and last the run's files are published.
+run with the same id is copied aside first; a re-run without rules drops the rules the id had), the
+views move, and last the run's files are published.
 Each step records how to undo itself first; when any later step fails, the undo steps run in reverse:
 the views show the run they showed, the partitions written are dropped and a replaced one is restored
 from its copy, the tables and the database this run created are dropped. Only a column this run added
@@ -28,7 +29,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pyspark.sql.functions as F
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from segspark.config import CatalogSettings, OutputSettings, Settings, SparkSettings
@@ -50,6 +51,7 @@ VIEW_RUN = "segspark.run_id"  # the view's property naming the run it shows
 DEFAULT_DIR = "_catalog"  # under output.path
 WAREHOUSE, METASTORE = "warehouse", "metastore_db"
 HIVE = "hive"
+TEXT_FORMATS = ("csv", "json")  # output formats whose files keep no column types
 BACKUP_SUFFIX = ".catalog"  # _staging/<run_id>.catalog/<table>: a replaced partition, until the run is done
 
 
@@ -174,8 +176,9 @@ def catalog_tables(
         for name in TABLES
         if name in manifest.outputs
     }
-    for name, frame in rows.items():
-        _check_table(spark, f"{database}.{name}", frame)
+    text = output.format in TEXT_FORMATS
+    for name in TABLES:  # a table of an output this run lacks loses the run id's rows of a re-run
+        _check_table(spark, f"{database}.{name}", rows.get(name), text)
     for name in VIEWS:
         _view_run(spark, f"{database}.{name}{LATEST}")  # refuses a view segspark did not make
     backups = lake.path(STAGING_DIR, f"{run_id}{BACKUP_SUFFIX}")
@@ -187,8 +190,12 @@ def catalog_tables(
                 (f"drop database {database}", lambda: spark.sql(f"DROP DATABASE {_quoted(database)}"))
             )
             spark.sql(f"CREATE DATABASE IF NOT EXISTS {_quoted(database)}")
-        for name, frame in rows.items():
-            _replace_partition(spark, f"{database}.{name}", frame, run_id, f"{backups}/{name}", undo)
+        for name in TABLES:
+            table, backup = f"{database}.{name}", f"{backups}/{name}"
+            if name in rows:
+                _replace_partition(spark, table, rows[name], run_id, backup, undo)
+            elif spark.catalog.tableExists(table):
+                _clear_partition(spark, table, run_id, backup, undo)
         for name in VIEWS:
             _move_view(spark, f"{database}.{name}", run_id, undo)
         yield
@@ -239,19 +246,34 @@ def _replace_partition(
         if new:  # a column this run has and earlier runs had not: NULL for them
             added = ", ".join(f"{_identifier(f.name)} {f.dataType.simpleString()}" for f in new)
             spark.sql(f"ALTER TABLE {_quoted(table)} ADD COLUMNS ({added})")
-        replaced = spark.table(table).filter(F.col(RUN_ID) == F.lit(run_id)).drop(RUN_ID)
-        if replaced.limit(1).count():  # a re-run: keep the rows it replaces until the run is done
-            replaced.write.mode("overwrite").parquet(backup)
-
-            def restore() -> None:
-                write_partition(spark, table, _aligned(spark.read.parquet(backup), spark, table), run_id)
-
-            undo.append((f"restore partition run_id={run_id} of {table}", restore))
-        else:
+        if not _set_aside(spark, table, run_id, backup, undo):
             undo.append(
                 (f"drop partition run_id={run_id} of {table}", lambda: _drop_partition(spark, table, run_id))
             )
     write_partition(spark, table, _aligned(frame, spark, table), run_id)
+
+
+def _clear_partition(spark: SparkSession, table: str, run_id: str, backup: str, undo: list) -> None:
+    """A re-run without this output (rules, with ``segments.rule_depth: 0``): the rows the run id had
+    there go, so the table holds no rows of the earlier run under this run's id; ``undo`` puts them back."""
+    if _set_aside(spark, table, run_id, backup, undo):
+        log.info("catalog: this run has no %s; dropping partition run_id=%s", table, run_id)
+        _drop_partition(spark, table, run_id)
+
+
+def _set_aside(spark: SparkSession, table: str, run_id: str, backup: str, undo: list) -> bool:
+    """A re-run: copy the rows the table holds for ``run_id`` to ``backup`` until the run is done, and
+    give ``undo`` how to write them back. False when the table holds no rows of ``run_id``."""
+    earlier = spark.table(table).filter(F.col(RUN_ID) == F.lit(run_id)).drop(RUN_ID)
+    if not earlier.limit(1).count():
+        return False
+    earlier.write.mode("overwrite").parquet(backup)
+
+    def restore() -> None:
+        write_partition(spark, table, _aligned(spark.read.parquet(backup), spark, table), run_id)
+
+    undo.append((f"restore partition run_id={run_id} of {table}", restore))
+    return True
 
 
 def _move_view(spark: SparkSession, table: str, run_id: str, undo: list) -> None:
@@ -279,8 +301,11 @@ def _view_run(spark: SparkSession, view: str) -> str | None:
     return properties[VIEW_RUN]
 
 
-def _check_table(spark: SparkSession, table: str, frame: DataFrame) -> None:
-    """An existing table must be partitioned by run_id and hold this run's columns in types that fit."""
+def _check_table(spark: SparkSession, table: str, frame: DataFrame | None, text: bool = False) -> None:
+    """An existing table must be partitioned by run_id and hold this run's columns (``frame``; None:
+    the run has no such output) in types that fit. ``text``: the run's files are csv or json, whose
+    types Spark guessed from the values (a number column of whole numbers reads as bigint from json),
+    so a column of another type fits when every value of it converts to the table's type."""
     if not spark.catalog.tableExists(table):
         return
     partitions = [c.name for c in spark.catalog.listColumns(table) if c.isPartition]
@@ -289,11 +314,21 @@ def _check_table(spark: SparkSession, table: str, frame: DataFrame) -> None:
             f"output.catalog: table {table} exists but is not partitioned by {RUN_ID} alone, so segspark did "
             "not make it; rename or drop it, or choose another output.catalog.database"
         )
+    if frame is None:
+        return
     types = {f.name: f.dataType for f in spark.table(table).schema.fields}
+    unfit = [f for f in frame.schema.fields if f.name in types and not _fits(f.dataType, types[f.name])]
+    if unfit and text:
+        lost = frame.agg(  # values that do not convert (try_cast: NULL instead of an error under ANSI)
+            *[
+                F.count(F.when(col(f.name).isNotNull() & _try_cast(f.name, types[f.name]).isNull(), 1))
+                for f in unfit
+            ]
+        ).first()
+        unfit = [f for f, n in zip(unfit, lost, strict=True) if n]
     clashes = [
         f"{f.name} is {types[f.name].simpleString()} there and {f.dataType.simpleString()} in this run"
-        for f in frame.schema.fields
-        if f.name in types and not _fits(f.dataType, types[f.name])
+        for f in unfit
     ]
     if clashes:
         raise OutputError(
@@ -339,12 +374,31 @@ def _drop_partition(spark: SparkSession, table: str, run_id: str) -> None:
 
 
 def _staged(spark: SparkSession, path: str, fmt: str) -> DataFrame:
-    """A staged output as written; from csv and json the customer id is read as text, as it was written."""
+    """A staged output as written; from csv and json the customer id is read as text, as it was written,
+    and a column without a single value is left out (see ``_without_empty_columns``)."""
     reader = spark.read.format(fmt).options(**(CSV_DEFAULTS if fmt == "csv" else {}))
     frame = reader.load(path)
-    if fmt in ("csv", "json"):
-        frame = reader.schema(ids_as_text(frame.schema, (OUTPUT_ID,))).load(path)
+    if fmt in TEXT_FORMATS:
+        frame = _without_empty_columns(reader.schema(ids_as_text(frame.schema, (OUTPUT_ID,))).load(path))
     return frame
+
+
+def _without_empty_columns(frame: DataFrame) -> DataFrame:
+    """Read from csv, a column without a value (``gap`` when k was not chosen by the gap statistic) is
+    text whatever it held, and json leaves it out: it says nothing of the column's type. Left out, it is
+    NULL in the run's rows like any column a run lacks, and the table keeps (or gets from the next run
+    that has values) the column's real type, not text."""
+    strings = [f.name for f in frame.schema.fields if isinstance(f.dataType, T.StringType)]
+    if not strings:
+        return frame
+    counts = frame.agg(*[F.count(col(name)) for name in strings]).first()
+    empty = {name for name, n in zip(strings, counts, strict=True) if n == 0}
+    return frame.select(*[col(name) for name in frame.columns if name not in empty]) if empty else frame
+
+
+def _try_cast(name: str, to: T.DataType) -> Column:
+    """``try_cast`` of a column (a method of Column only from Spark 4.0; the SQL function in 3.5 too)."""
+    return F.expr(f"try_cast({_identifier(name)} AS {to.simpleString()})")
 
 
 def _identifier(name: str) -> str:

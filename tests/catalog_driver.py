@@ -4,7 +4,8 @@ catalog settings only when its JVM starts). What it sees goes to WORK/<phase>.js
 
 python tests/catalog_driver.py first  WORK   # runs r1 and r2 with `segspark run` (its own session)
 python tests/catalog_driver.py second WORK   # a plain session with the README's settings reads them,
-                                             # runs r3, shows the history, then fails runs on purpose
+                                             # runs r3, shows the history, fails runs on purpose, and
+                                             # runs r3 again
 """
 
 from __future__ import annotations
@@ -58,7 +59,11 @@ def segspark_run(work: Path, run_id: str, *overrides: str) -> str:
 
 
 def first(work: Path) -> dict:
-    return {run_id: segspark_run(work, run_id, "output.report=false") for run_id in ("r1", "r2")}
+    # r2 writes its files as csv: output.format governs the files, the tables keep the session's format
+    return {
+        "r1": segspark_run(work, "r1", "output.report=false"),
+        "r2": segspark_run(work, "r2", "output.report=false", "output.format=csv"),
+    }
 
 
 def snapshot(spark) -> dict:
@@ -83,7 +88,47 @@ def snapshot(spark) -> dict:
             seen[name]["shows"] = {r["key"]: r["value"] for r in properties}.get(catalog.VIEW_RUN)
         else:
             seen[name]["partitions"] = sorted(r[0] for r in spark.sql(f"SHOW PARTITIONS {full}").collect())
+            described = spark.sql(f"DESCRIBE TABLE EXTENDED {full}").collect()
+            seen[name]["provider"] = {r["col_name"]: r["data_type"] for r in described}.get("Provider")
     return seen
+
+
+def databases(spark) -> list[str]:
+    return sorted(row[0] for row in spark.sql("SHOW DATABASES").collect())
+
+
+@contextlib.contextmanager
+def recording(events: list[str]):
+    """Note, in order, the run's verify step, each table write, each view's move and the publishing of
+    its files (each once it is done)."""
+    from segspark import job
+
+    def noting(owner, name: str, label):
+        real = getattr(owner, name)
+
+        def wrapper(*args, **kwargs):
+            result = real(*args, **kwargs)
+            events.append(label(*args))
+            return result
+
+        setattr(owner, name, wrapper)
+        return real
+
+    reals = [
+        (job, "verify", noting(job, "verify", lambda *a: "verify")),
+        (
+            catalog,
+            "write_partition",
+            noting(catalog, "write_partition", lambda s, table, *a: f"write {table}"),
+        ),
+        (catalog, "point_view", noting(catalog, "point_view", lambda s, view, *a: f"view {view}")),
+        (Lake, "publish", noting(Lake, "publish", lambda *a: "publish files")),
+    ]
+    try:
+        yield
+    finally:
+        for owner, name, real in reals:
+            setattr(owner, name, real)
 
 
 @contextlib.contextmanager
@@ -105,8 +150,11 @@ def failing(module, name: str, after: int):
         setattr(module, name, real)
 
 
-def failed_attempts(spark, lake: Lake, settings, run_id: str, points: list[tuple[str, int]]) -> dict:
-    """Publish run r3's outputs again as run ``run_id``, failing at each point; the state after each."""
+def failed_attempts(
+    spark, lake: Lake, settings, run_id: str, points: list[tuple[str, int]], database: str = DATABASE
+) -> dict:
+    """Publish run r3's outputs again as run ``run_id`` into ``database``, failing at each point; what a
+    SQL user sees after each (the databases, and the database's objects when it exists)."""
     staged = Path(lake.staging_dir(run_id))
     shutil.rmtree(staged, ignore_errors=True)
     shutil.copytree(Path(lake.run_dir("r3")), staged)
@@ -115,21 +163,24 @@ def failed_attempts(spark, lake: Lake, settings, run_id: str, points: list[tuple
         json.loads((staged / "manifest.json").read_text())
         | {"run_id": run_id, "started_at": "2030-01-01T00:00:00+00:00"}
     )
+    output = settings.output.model_copy(
+        update={"catalog": settings.output.catalog.model_copy(update={"database": database})}
+    )
     seen = {}
     for name, after in points:
         label = f"{run_id}: after {name} #{after}"
         mark(label)
         try:
             if name == "publish":  # the files' publishing, the last step, fails
-                with catalog.catalog_tables(spark, lake, settings.output, manifest):
+                with catalog.catalog_tables(spark, lake, output, manifest):
                     raise InjectedError("injected in publishing the files")
             with (
                 failing(catalog, name, after),
-                catalog.catalog_tables(spark, lake, settings.output, manifest),
+                catalog.catalog_tables(spark, lake, output, manifest),
             ):
                 pass
         except InjectedError:
-            seen[label] = snapshot(spark)
+            seen[label] = snapshot(spark) if database in databases(spark) else {"databases": databases(spark)}
         else:
             raise AssertionError(f"{label}: no failure")
     shutil.rmtree(staged)
@@ -152,7 +203,9 @@ def second(work: Path) -> dict:
     )
     spark.sparkContext.setLogLevel("ERROR")
     seen = {"before r3": snapshot(spark)}
-    seen["summary r3"] = segspark_run(work, "r3")
+    seen["order r3"] = []
+    with recording(seen["order r3"]):
+        seen["summary r3"] = segspark_run(work, "r3")
     seen["after r3"] = snapshot(spark)
     spark.table(f"{DATABASE}.assignments_latest").toPandas().to_parquet(work / "assignments_latest.parquet")
     seen["history text"] = cli("history", "--lake", str(work / "lake"))
@@ -169,7 +222,10 @@ def second(work: Path) -> dict:
         "stayed": {s.run_id: s.moves.stayed for s in history.steps},
         "changed": {s.run_id: s.moves.changed for s in history.steps},
         "new": {s.run_id: s.moves.new for s in history.steps},
+        "gone": {s.run_id: s.moves.gone for s in history.steps},
+        "flows": {s.run_id: s.moves.flows for s in history.steps},
     }
+    seen["history text, 2 runs"] = cli("history", "--lake", str(work / "lake"), "--runs", "2")
 
     inputs = [f"input.customers.path={work / 'r3'}.parquet"]
     settings = load_settings(work / "config.yaml", inputs)
@@ -191,6 +247,7 @@ def second(work: Path) -> dict:
         seen["after failed r4"] = snapshot(spark)
     finally:
         Lake.publish = real_publish
+    seen["history text after failed r4"] = cli("history", "--lake", str(work / "lake"))
     # a re-run of r3 that fails as it publishes its files: the replaced partitions come back from copies
     seen["failed again"] = failed_attempts(spark, lake, settings, "r3", [("publish", 0)])
     seen["backups left"] = sorted(p.name for p in (work / "lake" / "_staging").glob("*.catalog"))
@@ -211,6 +268,41 @@ def second(work: Path) -> dict:
     except OutputError as exc:
         seen["refused"] = str(exc)
     seen["other"] = sorted(row["tableName"] for row in spark.sql("SHOW TABLES IN other").collect())
+
+    # a first run into a database that does not exist yet fails after its first table write and as
+    # it publishes its files: no database is left, nor a folder in the warehouse; then it succeeds
+    seen["databases before fresh"] = databases(spark)
+    points = [("write_partition", 1), ("publish", 0)]
+    seen["fresh failed"] = failed_attempts(spark, lake, settings, "r6", points, database="fresh")
+    seen["fresh folders"] = sorted(p.name for p in (work / "lake" / "_catalog" / "warehouse").iterdir())
+    fresh = settings.output.model_copy(
+        update={"catalog": settings.output.catalog.model_copy(update={"database": "fresh"})}
+    )
+    manifest = Manifest.model_validate(
+        json.loads((Path(lake.run_dir("r3")) / "manifest.json").read_text()) | {"run_id": "r6"}
+    )
+    shutil.copytree(Path(lake.run_dir("r3")), Path(lake.staging_dir("r6")))
+    with catalog.catalog_tables(spark, lake, fresh, manifest):
+        pass
+    seen["fresh"] = sorted(row["tableName"] for row in spark.sql("SHOW TABLES IN fresh").collect())
+
+    # r3 runs again, successfully, on the customers of r1 and without rules, into another folder but
+    # the same catalog (output.catalog.dir): its partitions replace those of the first r3, and the
+    # rules table keeps no rows of the first r3
+    mark("r3 again")
+    rerun = [
+        f"input.customers.path={work / 'r1'}.parquet",
+        "output.run_id=r3",
+        f"output.path={work / 'rerun'}",
+        f"output.catalog.dir={work / 'lake' / '_catalog'}",
+        "model.restarts=1",
+        "output.report=false",
+        "segments.rule_depth=0",
+    ]
+    seen["summary r3 again"] = cli(
+        "run", "--config", str(work / "config.yaml"), *[part for o in rerun for part in ("--set", o)]
+    )
+    seen["after r3 again"] = snapshot(spark)
     spark.stop()
     return seen
 

@@ -1,10 +1,11 @@
 """Catalog tables, latest views, history and drift: three runs into one lake with shifting customers
 (one segment grows, one drifts), with a real embedded Hive/Derby catalog.
 
-The runs happen in two driver processes (tests/catalog_driver.py): the first runs r1 and r2 with
-`segspark run`, which sets up the embedded catalog; the second starts a plain pyspark session with the
-settings the README gives, reads what the first wrote, runs r3, and then fails runs on purpose at every
-step after the first table write. Expected values come from pandas on the runs' written files.
+The runs happen in two driver processes (tests/catalog_driver.py): the first runs r1 and r2 (r2 with
+csv files) with `segspark run`, which sets up the embedded catalog; the second starts a plain pyspark
+session with the settings the README gives, reads what the first wrote, runs r3, fails runs on purpose
+at every step after the first table write (into the database and into a new one), and last runs r3
+again. Expected values come from pandas on the runs' written files, or by hand.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from segspark import catalog
 from segspark.catalog import session_conf, session_settings
 from segspark.config import settings_from_dict
-from segspark.errors import ConfigError
+from segspark.errors import ConfigError, OutputError
 from segspark.generate import ARCHETYPES, BOUNDS, FEATURES, ROUNDING
 from tests.conftest import REPO
 
@@ -72,8 +74,14 @@ class Lake:
     def run_dir(self, run_id: str) -> Path:
         return self.work / "lake" / "runs" / run_id
 
-    def read(self, run_id: str, name: str) -> pd.DataFrame:
-        return pd.read_parquet(self.run_dir(run_id) / name)
+    def read(self, run_id: str, name: str, lake: str = "lake") -> pd.DataFrame:
+        """An output of a run, from its files (parquet, or csv as r2 writes them)."""
+        folder = self.work / lake / "runs" / run_id / name
+        if json.loads((folder.parent / "manifest.json").read_text())["settings"]["output"]["format"] == "csv":
+            parts = sorted(folder.glob("part-*.csv"))
+            frames = [pd.read_csv(p, dtype={"customer_id": str}) for p in parts]
+            return pd.concat([f for f in frames if len(f)], ignore_index=True)  # some parts: a header only
+        return pd.read_parquet(folder)
 
     def manifest(self, run_id: str) -> dict:
         return json.loads((self.run_dir(run_id) / "manifest.json").read_text())
@@ -134,7 +142,36 @@ def test_tables_hold_each_run_as_a_partition_with_its_rows(lake):
         assert after[name]["partitions"] == [f"run_id={r}" for r in RUNS], name
         assert [run[:2] for run in after[name]["runs"]] == _rows(lake, name), name
         assert after[name]["columns"][-2:] == ["run_ts", "run_id"], name
+        # r2 wrote its files as csv (output.format); the tables keep the session's default format
+        assert after[name]["provider"] == "parquet", name
+        assert list((lake.run_dir("r2") / name).glob("part-*.csv")), name
     assert _rows(lake, "assignments") == [["r1", 2000], ["r2", 2250], ["r3", 2250]]
+
+
+@pytest.mark.slow
+def test_tables_are_written_after_the_files_are_verified_and_the_views_move_last(lake):
+    assert lake.second["order r3"] == [
+        "verify",
+        *[f"write segs.{name}" for name in ("assignments", "profiles", "k_metrics", "rules")],
+        *[f"view segs.{name}" for name in ("assignments_latest", "profiles_latest", "k_metrics_latest")],
+        "publish files",
+    ]
+
+
+@pytest.mark.slow
+def test_a_rerun_of_a_run_id_replaces_its_partitions(lake):
+    """r3 again, on r1's customers and without rules: its rows replace the first r3's everywhere."""
+    before, after = lake.second["after r3"], lake.second["after r3 again"]
+    assert after["objects"] == before["objects"]
+    for name in ("assignments", "profiles", "k_metrics"):
+        assert after[name]["partitions"] == [f"run_id={r}" for r in RUNS], name
+        again = len(lake.read("r3", name, lake="rerun"))
+        assert [run[:2] for run in after[name]["runs"]][2] == ["r3", again], name
+        assert after[name]["runs"][:2] == before[name]["runs"][:2], name  # r1 and r2 as they were
+        assert after[f"{name}_latest"]["runs"] == after[name]["runs"][2:], name
+    assert len(lake.read("r3", "assignments", lake="rerun")) == 2000
+    assert after["rules"]["partitions"] == ["run_id=r1", "run_id=r2"]  # the first r3's rules are gone
+    assert after["rules"]["runs"] == before["rules"]["runs"][:2]
 
 
 @pytest.mark.slow
@@ -195,7 +232,15 @@ def test_history_equals_pandas_on_the_runs_outputs(lake):
         assert history["stayed"][after] == (present & (both["segment_0"] == both["segment_1"])).sum()
         assert history["changed"][after] == (present & (both["segment_0"] != both["segment_1"])).sum()
         assert history["new"][after] == both["segment_0"].isna().sum()
+        assert history["gone"][after] == both["segment_1"].isna().sum()
+        changed = both[present & (both["segment_0"] != both["segment_1"])]
+        flows = changed.groupby(["segment_0", "segment_1"]).size().reset_index(name="n")
+        flows = flows.sort_values(["n", "segment_0", "segment_1"], ascending=[False, True, True]).head(3)
+        assert [tuple(f) for f in history["flows"][after]] == [
+            (int(a), int(b), int(n)) for a, b, n in flows.itertuples(index=False)
+        ], after
     assert history["new"]["r2"] == GROWTH and history["changed"]["r3"] >= MOVERS
+    assert history["gone"] == {"r2": 0, "r3": 0}
 
 
 def _drifted(lake: Lake, run_id: str) -> set[int]:
@@ -216,6 +261,8 @@ def test_drift_warnings_fire_exactly_for_the_segment_that_grew_and_the_one_that_
     summary = lake.second["summary r3"]
     assert f"! drift: the centre of segment {_segment_of(lake, 'r3', CAREFUL)} (" in summary
     assert "(most in age: +" in summary
+    assert f"! drift: segment {_segment_of(lake, 'r2', YOUNG)} (" in lake.first["r2"]  # the summary of r2
+    assert "grew from 20.0% to 28.9% of the customers since run r1" in lake.first["r2"]
 
 
 @pytest.mark.slow
@@ -229,10 +276,22 @@ def test_a_failed_run_at_any_step_leaves_tables_and_views_as_they_were(lake):
     assert len(lake.second["failed"]) == 4 + 2 and len(lake.second["failed again"]) == 1
     assert lake.second["backups left"] == []  # the copies of replaced partitions are gone
     assert lake.second["after failed r4"] == after
+    assert lake.second["history text after failed r4"] == lake.second["history text"]
     assert (lake.work / "lake" / "latest").read_text().strip() == "r3"
     assert sorted(p.name for p in (lake.work / "lake" / "runs").iterdir()) == RUNS
     failed = json.loads((lake.work / "lake" / "_staging" / "r4" / "manifest.json").read_text())
     assert failed["status"] == "failed" and "disk is full" in failed["error"]
+
+
+@pytest.mark.slow
+def test_a_failed_first_run_into_a_new_database_leaves_no_database(lake):
+    before = lake.second["databases before fresh"]
+    assert "fresh" not in before
+    for label, seen in lake.second["fresh failed"].items():
+        assert seen == {"databases": before}, label
+    assert len(lake.second["fresh failed"]) == 2
+    assert "fresh.db" not in lake.second["fresh folders"]  # and no folder left in the warehouse ...
+    assert lake.second["fresh"] == sorted(TABLES + VIEWS)  # ... to stop the same run succeeding after
 
 
 @pytest.mark.slow
@@ -248,10 +307,14 @@ def test_history_command_and_report_show_the_segments_over_time(lake):
     assert "segments over the last 3 runs of" in text
     assert re.search(rf"\n  r1 -> r2: [\d,]+ stayed, \d+ changed segment.*, {GROWTH} new, 0 gone\n", text)
     assert f"! r2: segment {young} (" in text and f"! r3: the centre of segment {careful} (" in text
+    two = lake.second["history text, 2 runs"]  # --runs 2: the last two
+    assert "segments over the last 2 runs of" in two and "\n  r1 " not in two and "\n  r2 -> r3: " in two
     report = (lake.run_dir("r3") / "report.html").read_text()
     assert "<h2>Segments over time</h2>" in report
     assert lake.second["report rebuilt the same"]  # `segspark report` reads the same runs as the run did
     assert f"run r3: the centre of segment {careful} (" in report
+    assert f"drift: the centre of segment {careful} (" in report  # among the warnings of its summary
+    assert f"run r2: segment {young} (" in report and "grew from 20.0% to 28.9%" in report
 
 
 def _settings(**output) -> object:
@@ -284,6 +347,14 @@ def test_the_sessions_own_catalog_is_used_on_a_cluster_under_spark_submit_and_wi
         }
     )
     assert session_conf(on_cluster) == {}
+    over_connect = settings_from_dict(
+        {
+            "input": {"customers": {"path": "x"}},
+            "spark": {"remote": "sc://localhost:15002"},
+            "output": {"catalog": {"database": "s", "dir": "/c"}},
+        }
+    )
+    assert session_conf(over_connect) == {}
     monkeypatch.setenv("PYSPARK_GATEWAY_PORT", "12345")  # what spark-submit hands its Python driver
     assert session_conf(_settings(catalog={"database": "segs"})) == {}
 
@@ -293,3 +364,28 @@ def test_an_embedded_catalog_in_an_object_store_is_refused_with_the_key_to_set()
         session_conf(_settings(path="s3a://bucket/seg", catalog={"database": "segs"}))
     local = _settings(path="s3a://bucket/seg", catalog={"database": "segs", "dir": "file:/tmp/cat"})
     assert session_conf(local)["spark.sql.warehouse.dir"] == "/tmp/cat/warehouse"
+
+
+def test_csv_and_json_files_go_into_the_tables_by_their_values_not_by_guessed_types(spark, tmp_path):
+    """Spark guesses the types of csv and json files from their values: a column without a value reads
+    as text from csv, whole numbers as bigint from json. They still go into a table a parquet run made."""
+    spark.sql("CREATE DATABASE IF NOT EXISTS textual")
+    table = "textual.k_metrics"
+    made = "k int, silhouette double, gap double, run_id string"  # as a parquet run made it
+    spark.createDataFrame([(2, 0.5, None, "r1")], made).write.partitionBy("run_id").saveAsTable(table)
+    written = "k int, silhouette double, gap double"
+    as_csv, as_json, bad = (str(tmp_path / name) for name in ("csv", "json", "bad"))
+    spark.createDataFrame([(3, 0.7, None)], written).write.option("header", "true").csv(as_csv)
+    spark.createDataFrame([(4, 0.6, None)], written).write.json(as_json)
+    spark.createDataFrame([("x", 0.6)], "k string, silhouette double").write.option("header", "true").csv(bad)
+
+    from_csv = catalog._staged(spark, as_csv, "csv")
+    assert from_csv.columns == ["k", "silhouette"]  # gap, without a value, has no type to give the table
+    catalog._check_table(spark, table, from_csv, text=True)
+    from_json = catalog._staged(spark, as_json, "json")
+    assert from_json.dtypes == [("k", "bigint"), ("silhouette", "double")]
+    catalog._check_table(spark, table, from_json, text=True)  # 4 is an int
+    with pytest.raises(OutputError, match="k is int there and bigint in this run"):
+        catalog._check_table(spark, table, from_json)  # parquet files keep their types: bigint is bigint
+    with pytest.raises(OutputError, match="k is int there and string in this run"):
+        catalog._check_table(spark, table, catalog._staged(spark, bad, "csv"), text=True)
