@@ -131,10 +131,13 @@ class ClassArchive:
         """Use the archive, or record one (see ``keep_when_written``) when there is none yet."""
         if self.path.exists():
             return f"-XX:SharedArchiveFile={self.path} {QUIET_CDS}"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in self.path.parent.glob("*.part"):  # of a program killed while its JVM wrote one
-            if time.time() - stale.stat().st_mtime > 3600:
-                stale.unlink(missing_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            for stale in self.path.parent.glob("*.part"):  # of a program killed while its JVM wrote one
+                if time.time() - stale.stat().st_mtime > 3600:
+                    stale.unlink(missing_ok=True)
+        except OSError:  # no writable cache folder: start without an archive
+            return ""
         return f"-XX:ArchiveClassesAtExit={self.part} {QUIET_CDS}"
 
     def keep_when_written(self, session: SparkSession, options: str) -> None:
