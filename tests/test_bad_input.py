@@ -84,9 +84,16 @@ def test_duplicate_ids_keep_one_row_chosen_by_its_values_and_reject_the_rest(spa
     ]
     df = spark.createDataFrame(rows, "customer_id STRING, spend DOUBLE, visits DOUBLE")
     spec = resolve_features(df, "customer_id", FeatureSettings())
-    # the same rows in another order and partitioning must give the same choice
-    for frame in (df, df.orderBy("visits").repartition(3)):
-        valid, rejects = split_rejects(with_reject_reason(frame, spec, "impute"), spec)
+    # the same rows in another order and partitioning must give the same choice, and so must the
+    # job's way, where the duplicate check reads the ids from the cache of the checked rows
+    cached = []
+
+    def cache(rows):
+        cached.append(rows.persist())
+        return cached[-1]
+
+    for frame, caching in ((df, {}), (df.orderBy("visits").repartition(3), {}), (df, {"cache": cache})):
+        valid, rejects = split_rejects(with_reject_reason(frame, spec, "impute", **caching), spec)
         kept = sorted((r.customer_id, r.spend, r.visits) for r in valid.collect())
         # by hand: per id, the smallest spend, then visits; NULL sorts last
         assert kept == [("a", 3.0, 2.0), ("b", 4.0, 1.0), ("c", 1.0, 1.0)]
@@ -95,6 +102,9 @@ def test_duplicate_ids_keep_one_row_chosen_by_its_values_and_reject_the_rest(spa
             ("a", DUPLICATE),
             ("b", DUPLICATE),
         ]
+    assert len(cached) == 2  # the checked rows, then the resolved ones (only because ids repeat)
+    for rows in cached:
+        rows.unpersist()
 
 
 def test_a_duplicate_of_a_rejected_row_is_kept(spark):

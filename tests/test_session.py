@@ -13,7 +13,7 @@ import yaml
 from segspark.cli import main
 from segspark.config import SparkSettings
 from segspark.errors import ConfigError
-from segspark.session import get_session, local_cores, local_defaults
+from segspark.session import ClassArchive, get_session, local_cores, local_defaults
 
 
 def test_local_shuffles_have_one_partition_per_core_and_at_least_two():
@@ -97,3 +97,10 @@ def test_a_local_jvm_maps_the_class_archive_only_after_one_was_written_by_a_clea
     assert f"-XX:SharedArchiveFile={archive}" in mapped
     (maps,) = [line for line in mapped.splitlines() if line.startswith("mapped:")]
     assert repr(str(archive)) in maps  # the JVM really maps it (besides the JDK's own archive)
+
+
+def test_the_class_archive_is_off_with_segspark_no_class_archive(monkeypatch):
+    monkeypatch.delenv("SEGSPARK_NO_CLASS_ARCHIVE", raising=False)
+    assert ClassArchive.for_this_spark() is not None  # this machine: Java 17
+    monkeypatch.setenv("SEGSPARK_NO_CLASS_ARCHIVE", "1")
+    assert ClassArchive.for_this_spark() is None
