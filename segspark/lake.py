@@ -201,17 +201,15 @@ class Lake:
                 f"{latest} is a folder; segspark keeps the id of the newest run in that file: move it away"
             )
         probe = f".write-probe-{run_id}"
-        staged_dir, run_dir = self.path(STAGING_DIR, probe), self.path(RUNS_DIR, probe)
+        # The move is tried into runs/ when it is there. Otherwise into _staging/ itself: runs/ would be
+        # made like _staging/, and creating and removing it here would race with a run publishing now.
+        into = RUNS_DIR if self.exists(self.path(RUNS_DIR)) else STAGING_DIR
+        staged_dir, run_dir = self.path(STAGING_DIR, probe), self.path(into, f"{probe}.moved")
         staged_file, root_file = self.path(STAGING_DIR, f"{probe}.latest"), self.path(probe)
-        runs_was_there = self.exists(self.path(RUNS_DIR))
         try:
-            for folder in (STAGING_DIR, RUNS_DIR):
-                self.storage.mkdirs(self.path(folder))
             self.storage.mkdirs(staged_dir)
             self.rename(staged_dir, run_dir)
             self.delete(run_dir)
-            if not runs_was_there:  # a run that fails later leaves no empty runs/ behind
-                self.delete(self.path(RUNS_DIR))
             self.write_text(root_file, "probe")
             self.write_text(staged_file, "probe")
             self.rename(staged_file, root_file, overwrite=True)

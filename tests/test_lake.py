@@ -132,6 +132,24 @@ def test_republishing_a_run_id_replaces_it_whole(spark, tmp_path):
     assert sorted(p.name for p in (tmp_path / "lake" / "runs" / "r").iterdir()) == ["new.txt"]
 
 
+def test_a_run_publishing_while_another_checks_the_lake_keeps_its_run(spark, tmp_path, monkeypatch):
+    """Two runs started at once into a new lake: one publishes between the other's probe steps."""
+    root = tmp_path / "lake"
+    publisher, checker = Lake(spark, str(root)), Lake(spark, str(root))
+    publisher.write_text(f"{publisher.staging_dir('r1')}/manifest.json", "r1")
+    rename = checker.storage.rename
+
+    def publish_first(source, target, overwrite=False):
+        if not (root / "runs" / "r1").exists():
+            publisher.publish("r1")
+        rename(source, target, overwrite)
+
+    monkeypatch.setattr(checker.storage, "rename", publish_first)
+    checker.check_writable("r2")
+    assert (root / "runs" / "r1" / "manifest.json").read_text() == "r1"
+    assert sorted(p.name for p in root.rglob("*")) == ["_staging", "latest", "manifest.json", "r1", "runs"]
+
+
 def test_output_path_that_is_a_file_is_refused(spark, tmp_path):
     target = tmp_path / "a-file"
     target.write_text("not a folder")
