@@ -9,8 +9,9 @@ then runs, each in its own process so that peak memory is its own:
                       (not with --no-untuned);
   - scikit-learn:     StandardScaler, KMeans(n_init=1) per k, silhouette_score(sample_size=20000),
                       the best k, assignments and per-segment means written to parquet.
-A run that fails (scikit-learn out of memory at 50M) is printed as failed, with its output's end, and
-shows NaN. It prints one table: wall seconds of each, the ratio segspark / scikit-learn, peak memory
+A run that fails is printed with its output's end and shows NaN; for scikit-learn the table says
+how it ended (out of memory, or out of time after --sklearn-limit seconds, default an hour).
+It prints one table: wall seconds of each, the ratio segspark / scikit-learn, peak memory
 (RSS of the process tree), chosen k and adjusted Rand index against the truth; then, per step of segspark's
 tuned run, seconds, Spark jobs, tasks and passes over the rows (rows read by file and cache scans,
 from Spark's event log, divided by N). Unless --no-extras: the 20,000-customer demo (`make run`'s job)
@@ -25,6 +26,7 @@ import collections
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -67,11 +69,16 @@ def tree_rss_mb(pid: int) -> float:
     return total / 1024
 
 
-def timed(command: list[str], env: dict | None = None, check: bool = True) -> tuple[float, float]:
-    """Wall seconds and peak memory (MB) of a command and its children; fails loudly if it fails
-    (``check``), else returns NaN seconds."""
+def timed(
+    command: list[str], env: dict | None = None, check: bool = True, limit_s: float | None = None
+) -> tuple[float, float, str]:
+    """Wall seconds, peak memory (MB) of a command and its children, and how it ended: "ok",
+    "out of memory", "out of time" (stopped after ``limit_s``) or "failed". A failure stops the bench
+    when ``check``; else it is printed with the output's end and the seconds are NaN."""
     started = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     peak = [0.0]
 
     def watch() -> None:
@@ -81,15 +88,23 @@ def timed(command: list[str], env: dict | None = None, check: bool = True) -> tu
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    output, _ = process.communicate()
+    try:
+        output, _ = process.communicate(timeout=limit_s)
+        ended = "ok" if process.returncode == 0 else "failed"
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # its own process group: the Spark JVM goes too
+        output, _ = process.communicate()
+        ended = "out of time"
     watcher.join()
     seconds = time.perf_counter() - started
-    if process.returncode != 0:
-        if check:
-            sys.exit(f"failed: {' '.join(command)}\n{output[-3000:]}")
-        print(f"failed: {' '.join(command)}\n{output[-1500:]}", flush=True)
-        return float("nan"), peak[0]
-    return seconds, peak[0]
+    if ended == "failed" and ("MemoryError" in output or process.returncode == -signal.SIGKILL):
+        ended = "out of memory"  # Python's MemoryError, or the kernel's OOM killer
+    if ended == "ok":
+        return seconds, peak[0], ended
+    if check:
+        sys.exit(f"{ended}: {' '.join(command)}\n{output[-3000:]}")
+    print(f"{ended} after {seconds:.0f} s: {' '.join(command)}\n{output[-1500:]}", flush=True)
+    return float("nan"), peak[0], ended
 
 
 def sklearn_worker(customers: str, out: str) -> None:
@@ -201,7 +216,8 @@ def segspark_run(config: Path, check: bool = True, submit: list[str] | None = No
             "--config",
             str(config),
         ]
-    return timed(command, env, check=check)
+    seconds, peak, _ = timed(command, env, check=check)
+    return seconds, peak
 
 
 def generated(n: int, data: Path) -> Path:
@@ -225,7 +241,9 @@ def result_of(lake: Path, truth: pd.DataFrame) -> tuple[int | None, float]:
     return k, ari(pd.read_parquet(lake / "runs" / "bench" / "assignments"), truth)
 
 
-def bench(n: int, data: Path, driver_memory: str, untuned: bool = True) -> dict:
+def bench(
+    n: int, data: Path, driver_memory: str, untuned: bool = True, sklearn_limit_s: float = 3600.0
+) -> dict:
     folder = generated(n, data)
     customers, truth = folder / "customers.parquet", pd.read_parquet(folder / "truth.parquet")
     events, sk_out = folder / "events", folder / "sklearn"
@@ -243,8 +261,10 @@ def bench(n: int, data: Path, driver_memory: str, untuned: bool = True) -> dict:
         runs[name] = (seconds, peak, *result_of(lake, truth))
     print(f"n={n}: scikit-learn ...", flush=True)
     shutil.rmtree(sk_out, ignore_errors=True)  # a failed run (out of memory) leaves no result behind
-    sk_seconds, sk_peak = timed(
-        [sys.executable, __file__, "--sklearn-worker", str(customers), str(sk_out)], check=False
+    sk_seconds, sk_peak, sk_ended = timed(
+        [sys.executable, __file__, "--sklearn-worker", str(customers), str(sk_out)],
+        check=False,
+        limit_s=sklearn_limit_s,
     )
     sk_done = (sk_out / "k").exists()
     manifest = json.loads((folder / "lake-tuned" / "runs" / "bench" / "manifest.json").read_text())
@@ -256,6 +276,7 @@ def bench(n: int, data: Path, driver_memory: str, untuned: bool = True) -> dict:
         "segspark_s": runs["tuned"][0],
         "untuned_s": runs["untuned"][0],
         "sklearn_s": sk_seconds,
+        "sklearn_ended": f"{sk_ended} (> {sklearn_limit_s:.0f} s)" if sk_ended == "out of time" else sk_ended,
         "ratio": runs["tuned"][0] / sk_seconds,
         "untuned_ratio": runs["untuned"][0] / sk_seconds,
         "segspark_peak_mb": runs["tuned"][1],
@@ -332,12 +353,17 @@ def main() -> None:
     parser.add_argument("--driver-memory", default="6g")
     parser.add_argument("--no-extras", action="store_true", help="skip the demo and local-cluster runs")
     parser.add_argument("--no-untuned", action="store_true", help="skip the run without Spark settings")
+    parser.add_argument(
+        "--sklearn-limit", type=float, default=3600, help="seconds before the scikit-learn run is stopped"
+    )
     parser.add_argument("--sklearn-worker", nargs=2, metavar=("CUSTOMERS", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sklearn_worker:
         sklearn_worker(*args.sklearn_worker)
         return
-    rows = [bench(n, args.data, args.driver_memory, not args.no_untuned) for n in args.sizes]
+    rows = [
+        bench(n, args.data, args.driver_memory, not args.no_untuned, args.sklearn_limit) for n in args.sizes
+    ]
     table = pd.DataFrame([{k: v for k, v in r.items() if k != "steps"} for r in rows])
     print()
     print(table.T.to_string(float_format=lambda v: f"{v:.3f}"))

@@ -8,6 +8,7 @@ Hadoop's FileSystem API in a classic session, ``pyarrow.fs`` over Spark Connect.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -106,11 +107,12 @@ def write_table(df: DataFrame, path: str, fmt: str) -> None:
 
 
 def small_table(spark: SparkSession, frame: pd.DataFrame) -> DataFrame:
-    """A Spark DataFrame of a small pandas one (profiles, metrics), built from literals in the JVM.
+    """A Spark DataFrame of a small pandas one (profiles, metrics), parsed in the JVM from one JSON literal.
 
     No Python runs on the executors (``createDataFrame`` of local rows would ship them to Python
-    workers there), and the schema is explicit, so a column of all NULLs (no playbook action, say)
-    keeps its type on every Spark version.
+    workers there), the plan is one literal however many values there are (a literal per value costs a
+    call into the JVM each: seconds for a profile of many features), and the schema is explicit, so a
+    column of all NULLs (no playbook action, say) keeps its type on every Spark version. NaN is NULL.
     """
 
     def spark_type(dtype) -> T.DataType:
@@ -125,19 +127,21 @@ def small_table(spark: SparkSession, frame: pd.DataFrame) -> DataFrame:
     schema = T.StructType([T.StructField(str(c), spark_type(t), True) for c, t in frame.dtypes.items()])
     if frame.empty:
         return empty_frame(spark, schema)
+
+    def plain(value, field: T.StructField):
+        if value is None:
+            return None
+        value = value.item() if hasattr(value, "item") else value  # numpy scalars
+        return str(value) if isinstance(field.dataType, T.StringType) else value
+
     values = frame.astype(object).where(frame.notna(), None)
-    rows = [
-        F.struct(
-            *[
-                F.lit(value.item() if hasattr(value, "item") else value)
-                .cast(field.dataType)
-                .alias(field.name)
-                for value, field in zip(row, schema.fields, strict=True)
-            ]
-        )
+    records = [
+        {field.name: plain(value, field) for value, field in zip(row, schema.fields, strict=True)}
         for row in values.itertuples(index=False, name=None)
     ]
-    return spark.range(1).select(F.inline(F.array(*rows)))
+    text = json.dumps(records)  # floats as repr (shortest exact), infinities as Infinity: Spark reads both
+    rows = F.from_json(F.lit(text), T.ArrayType(schema), {"mode": "FAILFAST"})
+    return spark.range(1).select(F.inline(rows))
 
 
 @dataclass

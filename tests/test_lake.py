@@ -13,7 +13,7 @@ import pytest
 
 from segspark.config import CustomersInput
 from segspark.errors import InputDataError, OutputError
-from segspark.lake import Lake, read_source
+from segspark.lake import Lake, read_source, small_table
 
 ROWS = pd.DataFrame(
     {
@@ -252,3 +252,34 @@ def test_arrow_storage_reads_spark_style_file_uris(tmp_path):
     assert storage.read_text(f"file:{tmp_path}/latest") == "r7"
     assert storage.read_text(f"file://{tmp_path}/latest") == "r7"
     assert storage.exists(f"file:{tmp_path}") and storage.is_dir(f"file://{tmp_path}")
+
+
+def test_a_small_table_keeps_every_value_and_type(spark):
+    frame = pd.DataFrame(
+        {
+            "segment": np.array([0, 1, 2], dtype=np.int64),
+            "big": [2**53 + 1, -(2**62), 0],
+            "share": [0.1 + 0.2, 1e-300, np.nan],
+            "edge": [np.inf, -np.inf, 123456789.12345679],
+            "flag": [True, False, True],
+            "name": ['say "hi"\nnow', "Ünïcode · €", None],
+            "action": [None, None, None],
+        }
+    )
+    table = small_table(spark, frame)
+    assert [(f.name, f.dataType.simpleString()) for f in table.schema.fields] == [
+        ("segment", "bigint"),
+        ("big", "bigint"),
+        ("share", "double"),
+        ("edge", "double"),
+        ("flag", "boolean"),
+        ("name", "string"),
+        ("action", "string"),
+    ]
+    rows = [tuple(r) for r in table.collect()]
+    assert rows == [
+        (0, 2**53 + 1, 0.30000000000000004, float("inf"), True, 'say "hi"\nnow', None),
+        (1, -(2**62), 1e-300, float("-inf"), False, "Ünïcode · €", None),
+        (2, 0, None, 123456789.12345679, True, None, None),
+    ]
+    assert small_table(spark, frame.iloc[:0]).schema == table.schema
