@@ -73,7 +73,7 @@ def timed(
     command: list[str], env: dict | None = None, check: bool = True, limit_s: float | None = None
 ) -> tuple[float, float, str]:
     """Wall seconds, peak memory (MB) of a command and its children, and how it ended: "ok",
-    "out of memory", "out of time" (stopped after ``limit_s``) or "failed". A failure stops the bench
+    "out of memory", "out of time (> N s)" (stopped after ``limit_s``) or "failed". A failure stops the bench
     when ``check``; else it is printed with the output's end and the seconds are NaN."""
     started = time.perf_counter()
     process = subprocess.Popen(
@@ -94,7 +94,7 @@ def timed(
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)  # its own process group: the Spark JVM goes too
         output, _ = process.communicate()
-        ended = "out of time"
+        ended = f"out of time (> {limit_s:.0f} s)"
     watcher.join()
     seconds = time.perf_counter() - started
     if ended == "failed" and ("MemoryError" in output or process.returncode == -signal.SIGKILL):
@@ -266,7 +266,7 @@ def bench(
         check=False,
         limit_s=sklearn_limit_s,
     )
-    sk_done = (sk_out / "k").exists()
+    sk_done = sk_ended == "ok"
     manifest = json.loads((folder / "lake-tuned" / "runs" / "bench" / "manifest.json").read_text())
     work = spark_work(events)
     steps = pd.DataFrame({"seconds": pd.Series(manifest["timings"])}).join(work, how="outer")
@@ -276,7 +276,7 @@ def bench(
         "segspark_s": runs["tuned"][0],
         "untuned_s": runs["untuned"][0],
         "sklearn_s": sk_seconds,
-        "sklearn_ended": f"{sk_ended} (> {sklearn_limit_s:.0f} s)" if sk_ended == "out of time" else sk_ended,
+        "sklearn_ended": sk_ended,
         "ratio": runs["tuned"][0] / sk_seconds,
         "untuned_ratio": runs["untuned"][0] / sk_seconds,
         "segspark_peak_mb": runs["tuned"][1],

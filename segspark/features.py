@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,18 +80,17 @@ class OrderFeatures:
 
 
 def order_features(
-    orders: DataFrame, source: OrdersInput, cached: list[DataFrame] | None = None
+    orders: DataFrame, source: OrdersInput, cache: Callable[[DataFrame], DataFrame] | None = None
 ) -> OrderFeatures:
     """Check the orders, fix ``as_of``, choose the top categories and aggregate per customer.
 
     Two small driver-side results are computed on the way (``as_of`` and the top category names);
-    everything proportional to orders or customers stays in Spark. With ``cached``, the checked
-    orders are persisted (and appended to it, for the caller to unpersist), so the input is read once.
+    everything proportional to orders or customers stays in Spark. With ``cache`` (a ``Caches``), the
+    checked orders are persisted through it, for the caller to release, so the input is read once.
     """
     checked = check_orders(orders, source)
-    if cached is not None:
-        checked = checked.persist()
-        cached.append(checked)
+    if cache is not None:
+        checked = cache(checked)
     # a default as_of follows every valid order, so only a given one can make an order "after as_of"
     as_of = source.as_of or default_as_of(checked)
     valid, rejects = split_orders(checked)

@@ -187,8 +187,7 @@ def run(settings: Settings, spark: SparkSession | None = None) -> RunResult:
         _try_write_manifest(lake, staging, failed)
         raise
     finally:
-        for df in ctx.cached:
-            df.unpersist()
+        ctx.cache.release()
 
 
 def _flow(ctx: Context, step: StepTimer, started: Manifest, done: Done) -> RunResult:

@@ -182,6 +182,27 @@ class Runtime:
         return ArrowStorage() if self.connect else HadoopStorage(self.spark)
 
 
+class Caches:
+    """DataFrames persisted for one run (or one scoring), unpersisted together when it ends.
+
+    Call it on a DataFrame to persist it and keep it; ``release`` unpersists them all."""
+
+    def __init__(self) -> None:
+        self._frames: list[DataFrame] = []
+
+    def __call__(self, df: DataFrame) -> DataFrame:
+        self._frames.append(df.persist())
+        return self._frames[-1]
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def release(self) -> None:
+        for df in self._frames:
+            df.unpersist()
+        self._frames.clear()
+
+
 def empty_frame(spark: SparkSession, schema) -> DataFrame:
     """An empty DataFrame of ``schema``, built in Spark itself (no RDD, no Python worker)."""
     columns = [F.lit(None).cast(field.dataType).alias(field.name) for field in schema.fields]

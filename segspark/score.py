@@ -19,6 +19,7 @@ from segspark.experiment import act_columns
 from segspark.lake import Lake, write_table
 from segspark.manifest import MANIFEST_FILE, Manifest, read_manifest
 from segspark.metrics import DISTANCE
+from segspark.runtime import Caches
 from segspark.segments import assignments, distance_to_center, with_segment
 from segspark.steps import read_input
 from segspark.validate import resolve_features, split_rejects, with_reject_reason
@@ -91,12 +92,7 @@ def score(
         ),
         exclude=(consent.column,) if consent is not None else (),
     )
-    cached: list[DataFrame] = []
-
-    def cache(rows: DataFrame) -> DataFrame:
-        cached.append(rows.persist())
-        return cached[-1]
-
+    cache = Caches()
     checked = with_reject_reason(raw, spec, settings.features.missing, consent=consent, cache=cache)
     try:
         rows_read = checked.count()
@@ -123,8 +119,7 @@ def score(
             "output": output,
         }
     finally:
-        for rows in cached:
-            rows.unpersist()
+        cache.release()
     Lake(spark, output).write_text(f"{output}/score.json", json.dumps(summary, indent=2) + "\n")
     log.info("scored %s rows with run %s", summary["rows"], manifest.run_id)
     return summary

@@ -46,6 +46,7 @@ from segspark.profiles import (
 )
 from segspark.report import report_sample
 from segspark.rules import Rules, imputer_medians, segment_rules, sql_file
+from segspark.runtime import Caches
 from segspark.segments import (
     EarlierRun,
     assignments,
@@ -75,22 +76,18 @@ RULES_SQL = "rules.sql"
 
 @dataclass(frozen=True)
 class Context:
-    """What every step may use: the session, the settings, where the run is staged, and the list of
-    DataFrames the steps cached (``job.run`` unpersists them when the run ends)."""
+    """What every step may use: the session, the settings, where the run is staged, and ``cache``,
+    which persists a DataFrame until the run ends (``job.run`` releases them all)."""
 
     spark: SparkSession
     settings: Settings
     lake: Lake
     staging: str
-    cached: list[DataFrame] = field(default_factory=list)
+    cache: Caches = field(default_factory=Caches)
 
     @property
     def format(self) -> str:
         return self.settings.output.format
-
-    def cache(self, df: DataFrame) -> DataFrame:
-        self.cached.append(df.persist())
-        return self.cached[-1]
 
     def read_back(self, name: str, **options: str) -> DataFrame:
         """A staged output as written."""
@@ -213,7 +210,7 @@ class Verified:
 
 def read(ctx: Context) -> Sources:
     """The customer rows, with the features built from the orders."""
-    orders = read_orders(ctx.spark, ctx.settings, ctx.cached)
+    orders = read_orders(ctx.spark, ctx.settings, ctx.cache)
     raw, id_column, replaced = _customer_rows(ctx.spark, ctx.settings, orders)
     return Sources(raw, id_column, orders, _describe_orders(orders, replaced))
 
@@ -264,15 +261,13 @@ def _customer_rows(
     return joined, customers.id_column, replaced
 
 
-def read_orders(
-    spark: SparkSession, settings: Settings, cached: list[DataFrame] | None = None
-) -> OrderFeatures | None:
+def read_orders(spark: SparkSession, settings: Settings, cache: Caches | None = None) -> OrderFeatures | None:
     """Behavioural features from ``input.orders`` (None without it); the checked orders are cached."""
     source = settings.input.orders
     if source is None:
         return None
     return order_features(
-        read_source(spark, source, "input.orders", ids=(source.customer_id,)), source, cached
+        read_source(spark, source, "input.orders", ids=(source.customer_id,)), source, cache
     )
 
 

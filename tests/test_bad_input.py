@@ -11,6 +11,7 @@ import pytest
 from segspark.config import FeatureSettings, settings_from_dict
 from segspark.errors import InputDataError, OutputError
 from segspark.job import run
+from segspark.runtime import Caches
 from segspark.validate import DUPLICATE, resolve_features, split_rejects, with_reject_reason
 
 
@@ -86,13 +87,8 @@ def test_duplicate_ids_keep_one_row_chosen_by_its_values_and_reject_the_rest(spa
     spec = resolve_features(df, "customer_id", FeatureSettings())
     # the same rows in another order and partitioning must give the same choice, and so must the
     # job's way, where the duplicate check reads the ids from the cache of the checked rows
-    cached = []
-
-    def cache(rows):
-        cached.append(rows.persist())
-        return cached[-1]
-
-    for frame, caching in ((df, {}), (df.orderBy("visits").repartition(3), {}), (df, {"cache": cache})):
+    cached = Caches()
+    for frame, caching in ((df, {}), (df.orderBy("visits").repartition(3), {}), (df, {"cache": cached})):
         valid, rejects = split_rejects(with_reject_reason(frame, spec, "impute", **caching), spec)
         kept = sorted((r.customer_id, r.spend, r.visits) for r in valid.collect())
         # by hand: per id, the smallest spend, then visits; NULL sorts last
@@ -103,8 +99,7 @@ def test_duplicate_ids_keep_one_row_chosen_by_its_values_and_reject_the_rest(spa
             ("b", DUPLICATE),
         ]
     assert len(cached) == 2  # the checked rows, then the resolved ones (only because ids repeat)
-    for rows in cached:
-        rows.unpersist()
+    cached.release()
 
 
 def test_a_duplicate_of_a_rejected_row_is_kept(spark):
