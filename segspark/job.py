@@ -36,6 +36,7 @@ from segspark.manifest import (
     Manifest,
     Migration,
     Outliers,
+    Quartiles,
     Rows,
     RulesSection,
     Segment,
@@ -45,6 +46,7 @@ from segspark.manifest import (
 )
 from segspark.metrics import SEGMENT
 from segspark.prepare import Prepared, prepare
+from segspark.profiles import PERCENTILE_ACCURACY
 from segspark.report import REPORT_FILE, write_report
 from segspark.rules import Rules
 from segspark.runtime import Runtime
@@ -287,6 +289,7 @@ def _succeeded(
         ),
         "segments": _segments(done),
         "outliers": Outliers(quantile=settings.segments.outlier_quantile, method=OUTLIER_METHOD),
+        "quartiles": _quartiles(assigned.quartile_every),
         "rules": _rules_section(done.rules),
         "control": _control(settings),
         "outputs": {name: f"{run_dir}/{name}" for name in outputs}
@@ -302,6 +305,15 @@ def _succeeded(
     if settings.output.catalog is not None:
         manifest.catalog = catalog_section(settings.output.catalog, manifest)
     return manifest
+
+
+def _quartiles(every: int) -> Quartiles:
+    """How the profiles' quartiles were computed: of every customer, or of about 1 in ``every``."""
+    method = f"percentile_approx (accuracy {PERCENTILE_ACCURACY}) of each segment's"
+    if every == 1:
+        return Quartiles(every=1, method=f"{method} customers")
+    chosen = f"customers whose pmod(xxhash64(id), {every}) = 0 (about 1 in {every})"
+    return Quartiles(every=every, method=f"{method} {chosen}; segments.quartile_sample: 0 for all")
 
 
 def _features(settings: Settings, inputs: Inputs, prepared: Prepared | None) -> Features:

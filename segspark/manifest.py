@@ -186,6 +186,11 @@ class Outliers(_Part):
     method: str = ""
 
 
+class Quartiles(_Part):
+    every: int = 1  # 1: of all customers; n: of those whose pmod(xxhash64(id), n) = 0
+    method: str = ""
+
+
 class RulesSection(_Part):
     method: str
     depth: int
@@ -227,6 +232,7 @@ class Manifest(_Part):
     space: Space | None = None
     segments: list[Segment] = Field(default_factory=list)
     outliers: Outliers | None = None
+    quartiles: Quartiles | None = None
     rules: RulesSection | None = None
     control: Control | None = None
     timings: dict[str, float] = Field(default_factory=dict)

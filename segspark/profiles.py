@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pandas as pd
 import pyspark.sql.functions as F
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 
 from segspark.config import SegmentSettings
 from segspark.errors import ConfigError
@@ -27,14 +27,37 @@ CLIP_REMEDY = (
 )
 
 
-def cluster_summary(clustered: DataFrame, spec: FeatureSpec, outlier_quantile: float) -> pd.DataFrame:
+def quartile_every(rows: int, sample: int) -> int:
+    """Quartiles of ``rows`` customers come from every customer (1) when there are at most ``sample``
+    (0: no limit), else from those whose id hashes to a multiple of the number returned (about
+    ``sample`` of them; see ``in_quartile_sample``).
+
+    >>> quartile_every(20_000, 1_000_000), quartile_every(10_000_000, 1_000_000), quartile_every(5, 0)
+    (1, 10, 1)
+    """
+    return 1 if not sample or rows <= sample else math.ceil(rows / sample)
+
+
+def in_quartile_sample(id_column: str, every: int) -> Column:
+    """The customers whose quartiles count: ``pmod(xxhash64(id), every) = 0``, the same customers in
+    every run on the same ids, whatever the partitioning."""
+    return F.pmod(F.xxhash64(col(id_column)), F.lit(every)) == 0
+
+
+def cluster_summary(
+    clustered: DataFrame, spec: FeatureSpec, outlier_quantile: float, quartile_every: int = 1
+) -> pd.DataFrame:
     """One aggregation over the clustered customers, per ``cluster``: ``size``, each numeric feature's
     non-missing count, mean, sample standard deviation and quartiles, and ``threshold``, the
     ``outlier_quantile`` of the distances to the centre (k rows reach the driver).
 
+    Everything is over all customers but the quartiles when ``quartile_every`` > 1: those come from the
+    customers ``in_quartile_sample`` (percentile_approx costs most of the pass on all rows).
+
     Run first on the freshly cached clustered customers, the same pass fills their cache: the segment
     ids, the profiles and the outlier thresholds all come from it.
     """
+    sampled = in_quartile_sample(spec.id_column, quartile_every) if quartile_every > 1 else None
     aggregates = [
         F.count(F.lit(1)).alias("size"),
         F.percentile_approx(F.col(DISTANCE), outlier_quantile, OUTLIER_ACCURACY).alias("threshold"),
@@ -44,7 +67,9 @@ def cluster_summary(clustered: DataFrame, spec: FeatureSpec, outlier_quantile: f
             F.count(col(c)).alias(f"{c}__n"),
             F.avg(col(c)).alias(f"{c}__mean"),
             F.stddev_samp(col(c)).alias(f"{c}__std"),
-            F.percentile_approx(col(c), QUARTILES, PERCENTILE_ACCURACY).alias(f"{c}__quartiles"),
+            F.percentile_approx(
+                col(c) if sampled is None else F.when(sampled, col(c)), QUARTILES, PERCENTILE_ACCURACY
+            ).alias(f"{c}__quartiles"),
         ]
     summary = clustered.groupBy(CLUSTER).agg(*aggregates).toPandas()
     return summary.astype({CLUSTER: int, "size": "int64"}).sort_values(CLUSTER).reset_index(drop=True)

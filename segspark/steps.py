@@ -42,6 +42,7 @@ from segspark.profiles import (
     cluster_summary,
     original_units,
     profile_segments,
+    quartile_every,
     small_segments,
 )
 from segspark.report import report_sample
@@ -177,6 +178,7 @@ class Assigned:
     mean: np.ndarray  # the scaler's
     std: np.ndarray
     columns: list[str]  # the model's vector columns
+    quartile_every: int  # the quartiles are of the customers in_quartile_sample (1: of all)
 
     @property
     def cluster_of(self) -> dict[int, int]:
@@ -349,7 +351,9 @@ def assign(
             distance_to_center(centers.tolist()).alias(DISTANCE),
         )
     )
-    summary = cluster_summary(clustered, spec, ctx.settings.segments.outlier_quantile)  # fills the cache
+    segments = ctx.settings.segments
+    every = quartile_every(validated.usable, segments.quartile_sample)
+    summary = cluster_summary(clustered, spec, segments.outlier_quantile, every)  # fills the cache
     sizes = dict(zip(summary[CLUSTER], summary["size"], strict=True))
     columns = vector_columns(prepared.preparation, spec)
     segment_of = segment_ids(centers_unscaled, sizes, mean, std, columns, earlier)
@@ -364,6 +368,7 @@ def assign(
         mean=mean,
         std=std,
         columns=columns,
+        quartile_every=every,
     )
 
 

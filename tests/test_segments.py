@@ -11,8 +11,16 @@ import pytest
 from segspark.config import SegmentSettings, settings_from_dict
 from segspark.errors import ConfigError
 from segspark.job import run
-from segspark.profiles import _pooled, check_playbook, name_segments, suggest_actions
+from segspark.profiles import (
+    _pooled,
+    check_playbook,
+    cluster_summary,
+    name_segments,
+    quartile_every,
+    suggest_actions,
+)
 from segspark.segments import EarlierRun, segment_ids
+from segspark.validate import FeatureSpec
 from tests.conftest import base_config
 
 COLUMNS = ["income", "score"]
@@ -163,3 +171,43 @@ def test_everyone_mean_and_std_are_pooled_from_the_segments_stats():
     mean, std = _pooled(grouped.count(), grouped.mean(), grouped.std(ddof=1))
     assert mean == pytest.approx(values.mean(), rel=1e-12)
     assert std == pytest.approx(values.std(ddof=1), rel=1e-12)
+
+
+def test_above_quartile_sample_only_the_quartiles_come_from_the_hashed_customers(spark):
+    rng = np.random.default_rng(3)
+    n = 4000
+    frame = pd.DataFrame(
+        {
+            "customer_id": [f"c{i:05d}" for i in range(n)],
+            "spend": rng.gamma(2.0, 50.0, n).round(2),
+            "visits": rng.integers(0, 40, n).astype(float),
+            "cluster": rng.integers(0, 3, n).astype("int32"),
+            "distance": rng.random(n),
+        }
+    )
+    every = quartile_every(n, 1000)
+    assert every == 4
+    spec = FeatureSpec("customer_id", ["spend", "visits"])
+    summary = cluster_summary(spark.createDataFrame(frame), spec, 0.99, every).set_index("cluster")
+    # the documented rule, evaluated apart: pmod(xxhash64(id), 4) = 0
+    rule = spark.createDataFrame(frame[["customer_id"]]).selectExpr(
+        "customer_id", f"pmod(xxhash64(customer_id), {every}) = 0 AS kept"
+    )
+    kept_ids = set(rule.where("kept").toPandas()["customer_id"])
+    kept = frame[frame["customer_id"].isin(kept_ids)]
+    assert 850 < len(kept) < 1150  # about a quarter
+    everyone = frame.groupby("cluster")
+    assert summary["size"].tolist() == everyone.size().tolist()
+    # the 0.99 distance quantile, the means and counts: of every customer (exact at this size)
+    expected = everyone["distance"].apply(lambda d: np.quantile(d, 0.99, method="inverted_cdf"))
+    np.testing.assert_allclose(summary["threshold"], expected)
+    for feature in spec.numeric:
+        np.testing.assert_allclose(summary[f"{feature}__mean"], everyone[feature].mean(), rtol=1e-12)
+        for cluster, rows in kept.groupby("cluster"):
+            quartiles = [np.quantile(rows[feature], q, method="inverted_cdf") for q in (0.25, 0.5, 0.75)]
+            np.testing.assert_allclose(summary.loc[cluster, f"{feature}__quartiles"], quartiles)
+    # at most quartile_sample customers: every one counts
+    exact = cluster_summary(spark.createDataFrame(frame), spec, 0.99).set_index("cluster")
+    for cluster, rows in everyone:
+        quartiles = [np.quantile(rows["spend"], q, method="inverted_cdf") for q in (0.25, 0.5, 0.75)]
+        np.testing.assert_allclose(exact.loc[cluster, "spend__quartiles"], quartiles)
