@@ -246,8 +246,9 @@ class SegmentSettings(_Section):
     playbook: list[PlaybookRule] = Field(default_factory=list)
     # assignments.outlier: farther from the centroid than this quantile of the segment's distances
     outlier_quantile: float = Field(default=0.99, gt=0, le=1)
-    # profiles' quartiles from about this many customers (a hash of the id) when there are more; 0: all
-    quartile_sample: int = Field(default=1_000_000, ge=0)
+    # profiles' quartiles and outlier thresholds from about this many customers (a hash of the id)
+    # when there are more, every customer of a small segment; 0: of every customer
+    quantile_sample: int = Field(default=1_000_000, ge=0)
     rule_depth: int = Field(
         default=3, ge=0, le=8
     )  # depth of the tree the segment rules come from; 0: no rules

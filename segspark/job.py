@@ -36,7 +36,7 @@ from segspark.manifest import (
     Manifest,
     Migration,
     Outliers,
-    Quartiles,
+    Quantiles,
     Rows,
     RulesSection,
     Segment,
@@ -46,7 +46,7 @@ from segspark.manifest import (
 )
 from segspark.metrics import SEGMENT
 from segspark.prepare import Prepared, prepare
-from segspark.profiles import PERCENTILE_ACCURACY
+from segspark.profiles import MIN_SAMPLED
 from segspark.report import REPORT_FILE, write_report
 from segspark.rules import Rules
 from segspark.runtime import Runtime
@@ -288,8 +288,11 @@ def _succeeded(
             scaler_std=assigned.std.tolist(),
         ),
         "segments": _segments(done),
-        "outliers": Outliers(quantile=settings.segments.outlier_quantile, method=OUTLIER_METHOD),
-        "quartiles": _quartiles(assigned.quartile_every),
+        "outliers": Outliers(
+            quantile=settings.segments.outlier_quantile,
+            method=OUTLIER_METHOD + ("" if assigned.quantile_every == 1 else ", its customers in quantiles"),
+        ),
+        "quantiles": _quantiles(assigned.quantile_every),
         "rules": _rules_section(done.rules),
         "control": _control(settings),
         "outputs": {name: f"{run_dir}/{name}" for name in outputs}
@@ -307,13 +310,16 @@ def _succeeded(
     return manifest
 
 
-def _quartiles(every: int) -> Quartiles:
-    """How the profiles' quartiles were computed: of every customer, or of about 1 in ``every``."""
-    method = f"percentile_approx (accuracy {PERCENTILE_ACCURACY}) of each segment's"
+def _quantiles(every: int) -> Quantiles:
+    """Whose quartiles (profiles) and distance quantiles (outlier thresholds) they are."""
     if every == 1:
-        return Quartiles(every=1, method=f"{method} customers")
-    chosen = f"customers whose pmod(xxhash64(id), {every}) = 0 (about 1 in {every})"
-    return Quartiles(every=every, method=f"{method} {chosen}; segments.quartile_sample: 0 for all")
+        return Quantiles(every=1, method="of every customer of each segment")
+    method = (
+        f"of the customers whose pmod(xxhash64(id), {every}) = 0 (about 1 in {every}) in segments of"
+        f" {every * MIN_SAMPLED} customers or more, of every customer in smaller segments;"
+        " segments.quantile_sample: 0 for every customer"
+    )
+    return Quantiles(every=every, method=method)
 
 
 def _features(settings: Settings, inputs: Inputs, prepared: Prepared | None) -> Features:

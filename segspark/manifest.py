@@ -186,8 +186,8 @@ class Outliers(_Part):
     method: str = ""
 
 
-class Quartiles(_Part):
-    every: int = 1  # 1: of all customers; n: of those whose pmod(xxhash64(id), n) = 0
+class Quantiles(_Part):
+    every: int = 1  # 1: of all customers; n: of those whose pmod(xxhash64(id), n) = 0 (small segments: all)
     method: str = ""
 
 
@@ -232,7 +232,7 @@ class Manifest(_Part):
     space: Space | None = None
     segments: list[Segment] = Field(default_factory=list)
     outliers: Outliers | None = None
-    quartiles: Quartiles | None = None
+    quantiles: Quantiles | None = None
     rules: RulesSection | None = None
     control: Control | None = None
     timings: dict[str, float] = Field(default_factory=dict)

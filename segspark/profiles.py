@@ -27,51 +27,65 @@ CLIP_REMEDY = (
 )
 
 
-def quartile_every(rows: int, sample: int) -> int:
-    """Quartiles of ``rows`` customers come from every customer (1) when there are at most ``sample``
-    (0: no limit), else from those whose id hashes to a multiple of the number returned (about
-    ``sample`` of them; see ``in_quartile_sample``).
+MIN_SAMPLED = 10_000  # a segment with fewer customers in the quantile sample gives all of them
 
-    >>> quartile_every(20_000, 1_000_000), quartile_every(10_000_000, 1_000_000), quartile_every(5, 0)
+
+def quantile_every(rows: int, sample: int) -> int:
+    """Quantiles of ``rows`` customers come from every customer (1) when there are at most ``sample``
+    (0: no limit), else from those whose id hashes to a multiple of the number returned (about
+    ``sample`` of them; see ``in_quantile_sample``).
+
+    >>> quantile_every(20_000, 1_000_000), quantile_every(10_000_000, 1_000_000), quantile_every(5, 0)
     (1, 10, 1)
     """
     return 1 if not sample or rows <= sample else math.ceil(rows / sample)
 
 
-def in_quartile_sample(id_column: str, every: int) -> Column:
-    """The customers whose quartiles count: ``pmod(xxhash64(id), every) = 0``, the same customers in
+def in_quantile_sample(id_column: str, every: int) -> Column:
+    """The customers whose quantiles count: ``pmod(xxhash64(id), every) = 0``, the same customers in
     every run on the same ids, whatever the partitioning."""
     return F.pmod(F.xxhash64(col(id_column)), F.lit(every)) == 0
 
 
 def cluster_summary(
-    clustered: DataFrame, spec: FeatureSpec, outlier_quantile: float, quartile_every: int = 1
+    clustered: DataFrame,
+    spec: FeatureSpec,
+    outlier_quantile: float,
+    quantile_every: int = 1,
+    min_sampled: int = MIN_SAMPLED,
 ) -> pd.DataFrame:
-    """One aggregation over the clustered customers, per ``cluster``: ``size``, each numeric feature's
-    non-missing count, mean, sample standard deviation and quartiles, and ``threshold``, the
-    ``outlier_quantile`` of the distances to the centre (k rows reach the driver).
+    """Per ``cluster``: ``size``, each numeric feature's non-missing count, mean, sample standard
+    deviation and quartiles, and ``threshold``, the ``outlier_quantile`` of the distances to the centre
+    (k rows reach the driver).
 
-    Everything is over all customers but the quartiles when ``quartile_every`` > 1: those come from the
-    customers ``in_quartile_sample`` (percentile_approx costs most of the pass on all rows).
+    With ``quantile_every`` 1, one aggregation over all customers. Above it, the quantiles (quartiles
+    and thresholds) of a cluster come from its customers ``in_quantile_sample`` when that leaves it at
+    least about ``min_sampled``, else from all of its customers; sizes, counts, means and spreads stay
+    of every customer. That is two aggregations: percentile_approx makes Spark aggregate row by row
+    without generated code, so it costs several times the pass when it sees every row.
 
-    Run first on the freshly cached clustered customers, the same pass fills their cache: the segment
-    ids, the profiles and the outlier thresholds all come from it.
+    Run first on the freshly cached clustered customers, the (first) pass fills their cache: the
+    segment ids, the profiles and the outlier thresholds all come from it.
     """
-    sampled = in_quartile_sample(spec.id_column, quartile_every) if quartile_every > 1 else None
-    aggregates = [
-        F.count(F.lit(1)).alias("size"),
-        F.percentile_approx(F.col(DISTANCE), outlier_quantile, OUTLIER_ACCURACY).alias("threshold"),
-    ]
+    moments = [F.count(F.lit(1)).alias("size")]
+    quantiles = [F.percentile_approx(F.col(DISTANCE), outlier_quantile, OUTLIER_ACCURACY).alias("threshold")]
     for c in spec.numeric:
-        aggregates += [
+        moments += [
             F.count(col(c)).alias(f"{c}__n"),
             F.avg(col(c)).alias(f"{c}__mean"),
             F.stddev_samp(col(c)).alias(f"{c}__std"),
-            F.percentile_approx(
-                col(c) if sampled is None else F.when(sampled, col(c)), QUARTILES, PERCENTILE_ACCURACY
-            ).alias(f"{c}__quartiles"),
         ]
-    summary = clustered.groupBy(CLUSTER).agg(*aggregates).toPandas()
+        quantiles.append(F.percentile_approx(col(c), QUARTILES, PERCENTILE_ACCURACY).alias(f"{c}__quartiles"))
+    by_cluster = clustered.groupBy(CLUSTER)
+    if quantile_every == 1:
+        summary = by_cluster.agg(*moments, *quantiles).toPandas()
+    else:
+        summary = by_cluster.agg(*moments).toPandas()
+        small = summary.loc[summary["size"] < quantile_every * min_sampled, CLUSTER]
+        whole = [int(c) for c in small]
+        sampled = in_quantile_sample(spec.id_column, quantile_every) | F.col(CLUSTER).isin(whole)
+        estimated = clustered.where(sampled).groupBy(CLUSTER).agg(*quantiles).toPandas()
+        summary = summary.merge(estimated, on=CLUSTER, how="left", validate="one_to_one")
     return summary.astype({CLUSTER: int, "size": "int64"}).sort_values(CLUSTER).reset_index(drop=True)
 
 

@@ -42,7 +42,7 @@ from segspark.profiles import (
     cluster_summary,
     original_units,
     profile_segments,
-    quartile_every,
+    quantile_every,
     small_segments,
 )
 from segspark.report import report_sample
@@ -178,7 +178,7 @@ class Assigned:
     mean: np.ndarray  # the scaler's
     std: np.ndarray
     columns: list[str]  # the model's vector columns
-    quartile_every: int  # the quartiles are of the customers in_quartile_sample (1: of all)
+    quantile_every: int  # quartiles and thresholds of the customers in_quantile_sample (1: of all)
 
     @property
     def cluster_of(self) -> dict[int, int]:
@@ -352,7 +352,7 @@ def assign(
         )
     )
     segments = ctx.settings.segments
-    every = quartile_every(validated.usable, segments.quartile_sample)
+    every = quantile_every(validated.usable, segments.quantile_sample)
     summary = cluster_summary(clustered, spec, segments.outlier_quantile, every)  # fills the cache
     sizes = dict(zip(summary[CLUSTER], summary["size"], strict=True))
     columns = vector_columns(prepared.preparation, spec)
@@ -368,7 +368,7 @@ def assign(
         mean=mean,
         std=std,
         columns=columns,
-        quartile_every=every,
+        quantile_every=every,
     )
 
 

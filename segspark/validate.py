@@ -360,9 +360,13 @@ def _reject_duplicate_ids(checked: DataFrame, spec: FeatureSpec) -> DataFrame:
     deterministic.
     """
     id_column = col(spec.id_column)
+    # shuffled by id before counting: in a clean table every id is distinct, and a count per task
+    # before the shuffle (Spark's partial aggregation) would be work that merges nothing
     repeated = (
         checked.where(id_column.isNotNull())
-        .groupBy(id_column.alias(DUPLICATE_KEY))
+        .select(id_column.alias(DUPLICATE_KEY))
+        .repartition(DUPLICATE_KEY)
+        .groupBy(DUPLICATE_KEY)
         .count()
         .where(F.col("count") > 1)
         .select(DUPLICATE_KEY, F.lit(True).alias(REPEATED))

@@ -70,7 +70,7 @@ def test_manifest_accounts_for_every_row(first_run, lake, joined):
     assert len(joined) == 3000 and joined["customer_id"].is_unique
     assert manifest["features"]["numeric"] == FEATURES
     assert manifest["k"]["rule"] == "highest silhouette over k=2..7"
-    assert manifest["quartiles"]["every"] == 1  # 3000 customers, below segments.quartile_sample
+    assert manifest["quantiles"]["every"] == 1  # 3000 customers, below segments.quantile_sample
     assert {"read", "validate", "prepare", "sweep", "profile", "write assignments"} <= set(
         manifest["timings"]
     )

@@ -16,7 +16,7 @@ from segspark.profiles import (
     check_playbook,
     cluster_summary,
     name_segments,
-    quartile_every,
+    quantile_every,
     suggest_actions,
 )
 from segspark.segments import EarlierRun, segment_ids
@@ -173,7 +173,7 @@ def test_everyone_mean_and_std_are_pooled_from_the_segments_stats():
     assert std == pytest.approx(values.std(ddof=1), rel=1e-12)
 
 
-def test_above_quartile_sample_only_the_quartiles_come_from_the_hashed_customers(spark):
+def test_above_quantile_sample_only_the_quantiles_come_from_the_hashed_customers(spark):
     rng = np.random.default_rng(3)
     n = 4000
     frame = pd.DataFrame(
@@ -181,33 +181,41 @@ def test_above_quartile_sample_only_the_quartiles_come_from_the_hashed_customers
             "customer_id": [f"c{i:05d}" for i in range(n)],
             "spend": rng.gamma(2.0, 50.0, n).round(2),
             "visits": rng.integers(0, 40, n).astype(float),
-            "cluster": rng.integers(0, 3, n).astype("int32"),
+            # clusters 0-2 of about 1270 customers, cluster 3 of 200 (below every * min_sampled)
+            "cluster": np.r_[rng.integers(0, 3, n - 200), np.full(200, 3)].astype("int32"),
             "distance": rng.random(n),
         }
     )
-    every = quartile_every(n, 1000)
+    every = quantile_every(n, 1000)
     assert every == 4
     spec = FeatureSpec("customer_id", ["spend", "visits"])
-    summary = cluster_summary(spark.createDataFrame(frame), spec, 0.99, every).set_index("cluster")
+    clustered = spark.createDataFrame(frame)
+    summary = cluster_summary(clustered, spec, 0.99, every, min_sampled=100).set_index("cluster")
     # the documented rule, evaluated apart: pmod(xxhash64(id), 4) = 0
     rule = spark.createDataFrame(frame[["customer_id"]]).selectExpr(
         "customer_id", f"pmod(xxhash64(customer_id), {every}) = 0 AS kept"
     )
     kept_ids = set(rule.where("kept").toPandas()["customer_id"])
-    kept = frame[frame["customer_id"].isin(kept_ids)]
-    assert 850 < len(kept) < 1150  # about a quarter
+    in_sample = frame["customer_id"].isin(kept_ids) | (frame["cluster"] == 3)
+    assert 850 < (in_sample & (frame["cluster"] < 3)).sum() < 1100  # about a quarter of clusters 0-2
     everyone = frame.groupby("cluster")
     assert summary["size"].tolist() == everyone.size().tolist()
-    # the 0.99 distance quantile, the means and counts: of every customer (exact at this size)
-    expected = everyone["distance"].apply(lambda d: np.quantile(d, 0.99, method="inverted_cdf"))
-    np.testing.assert_allclose(summary["threshold"], expected)
-    for feature in spec.numeric:
+    for feature in spec.numeric:  # means and counts: of every customer
         np.testing.assert_allclose(summary[f"{feature}__mean"], everyone[feature].mean(), rtol=1e-12)
-        for cluster, rows in kept.groupby("cluster"):
-            quartiles = [np.quantile(rows[feature], q, method="inverted_cdf") for q in (0.25, 0.5, 0.75)]
+        np.testing.assert_allclose(summary[f"{feature}__n"], everyone[feature].count())
+
+    def quantile(values, q):  # exact at this size: percentile_approx keeps every value
+        return np.quantile(values, q, method="inverted_cdf")
+
+    # quartiles and the 0.99 distance quantile: of the hashed customers, all of the small cluster 3
+    for cluster, rows in frame[in_sample].groupby("cluster"):
+        np.testing.assert_allclose(summary.loc[cluster, "threshold"], quantile(rows["distance"], 0.99))
+        for feature in spec.numeric:
+            quartiles = [quantile(rows[feature], q) for q in (0.25, 0.5, 0.75)]
             np.testing.assert_allclose(summary.loc[cluster, f"{feature}__quartiles"], quartiles)
-    # at most quartile_sample customers: every one counts
-    exact = cluster_summary(spark.createDataFrame(frame), spec, 0.99).set_index("cluster")
+    # at most quantile_sample customers: every one counts
+    exact = cluster_summary(clustered, spec, 0.99).set_index("cluster")
     for cluster, rows in everyone:
-        quartiles = [np.quantile(rows["spend"], q, method="inverted_cdf") for q in (0.25, 0.5, 0.75)]
+        np.testing.assert_allclose(exact.loc[cluster, "threshold"], quantile(rows["distance"], 0.99))
+        quartiles = [quantile(rows["spend"], q) for q in (0.25, 0.5, 0.75)]
         np.testing.assert_allclose(exact.loc[cluster, "spend__quartiles"], quartiles)
