@@ -130,11 +130,24 @@ def sklearn_worker(customers: str, out: str) -> None:
     Path(f"{out}/k").write_text(str(k))
 
 
-def ari(assignments: pd.DataFrame, truth: pd.DataFrame) -> float:
+def ari(assignments: Path, truth: Path) -> float:
+    """The adjusted Rand index of the assignments against the truth, computed in a process of its own:
+    at 50M customers the two tables take about 7 GB in pandas, which this process would keep while the
+    next run (scikit-learn's, 17 GB) needs the memory."""
+    result = subprocess.run(
+        [sys.executable, __file__, "--ari-worker", str(assignments), str(truth)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return float(result.stdout)
+
+
+def ari_worker(assignments: str, truth: str) -> None:
     from sklearn.metrics import adjusted_rand_score
 
-    joined = truth.merge(assignments, on="customer_id")
-    return adjusted_rand_score(joined["true_segment"], joined["segment"])
+    joined = pd.read_parquet(truth).merge(pd.read_parquet(assignments), on="customer_id")
+    print(adjusted_rand_score(joined["true_segment"], joined["segment"]))
 
 
 def spark_work(event_log: Path) -> pd.DataFrame:
@@ -232,20 +245,20 @@ def generated(n: int, data: Path) -> Path:
     return folder
 
 
-def result_of(lake: Path, truth: pd.DataFrame) -> tuple[int | None, float]:
+def result_of(lake: Path, truth: Path) -> tuple[int | None, float]:
     """The chosen k and the adjusted Rand index of a run in ``lake``; (None, NaN) if it failed."""
     manifest = lake / "runs" / "bench" / "manifest.json"
     if not manifest.exists() or json.loads(manifest.read_text())["status"] != "succeeded":
         return None, float("nan")
     k = json.loads(manifest.read_text())["k"]["chosen"]
-    return k, ari(pd.read_parquet(lake / "runs" / "bench" / "assignments"), truth)
+    return k, ari(lake / "runs" / "bench" / "assignments", truth)
 
 
 def bench(
     n: int, data: Path, driver_memory: str, untuned: bool = True, sklearn_limit_s: float = 3600.0
 ) -> dict:
     folder = generated(n, data)
-    customers, truth = folder / "customers.parquet", pd.read_parquet(folder / "truth.parquet")
+    customers, truth = folder / "customers.parquet", folder / "truth.parquet"
     events, sk_out = folder / "events", folder / "sklearn"
     runs = {"untuned": (float("nan"), float("nan"), None, float("nan"))}
     configs = [("tuned", {"spark.driver.memory": driver_memory})] + ([("untuned", {})] if untuned else [])
@@ -287,9 +300,7 @@ def bench(
         "sklearn_k": int((sk_out / "k").read_text()) if sk_done else None,
         "segspark_ari": runs["tuned"][3],
         "untuned_ari": runs["untuned"][3],
-        "sklearn_ari": ari(pd.read_parquet(sk_out / "assignments.parquet"), truth)
-        if sk_done
-        else float("nan"),
+        "sklearn_ari": ari(sk_out / "assignments.parquet", truth) if sk_done else float("nan"),
         "jobs": int(work["jobs"].sum()),
         "passes": float(work["rows_read"].sum() / n),
         "steps": steps,
@@ -309,13 +320,13 @@ def extras(data: Path) -> pd.DataFrame:
     path.write_text(yaml.safe_dump(config))
     print("demo: segspark run --config conf/local.yaml (20,000 customers) ...", flush=True)
     seconds, peak = segspark_run(path)
-    k, score = result_of(lake, pd.read_parquet(demo / "truth.parquet"))
+    k, score = result_of(lake, demo / "truth.parquet")
     rows.append(
         {"run": "demo (make run), local[*]", "seconds": seconds, "peak_mb": peak, "k": k, "ari": score}
     )
 
     folder = generated(CLUSTER_CUSTOMERS, data)
-    truth = pd.read_parquet(folder / "truth.parquet")
+    truth = folder / "truth.parquet"
     for name, master in (("local", "local[2]"), ("local-cluster", CLUSTER_MASTER)):
         lake = folder / f"lake-{name}"  # no [ ] in a folder name: Spark reads paths as glob patterns
         shutil.rmtree(lake, ignore_errors=True)
@@ -357,9 +368,13 @@ def main() -> None:
         "--sklearn-limit", type=float, default=3600, help="seconds before the scikit-learn run is stopped"
     )
     parser.add_argument("--sklearn-worker", nargs=2, metavar=("CUSTOMERS", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--ari-worker", nargs=2, metavar=("ASSIGNMENTS", "TRUTH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sklearn_worker:
         sklearn_worker(*args.sklearn_worker)
+        return
+    if args.ari_worker:
+        ari_worker(*args.ari_worker)
         return
     rows = [
         bench(n, args.data, args.driver_memory, not args.no_untuned, args.sklearn_limit) for n in args.sizes

@@ -242,7 +242,8 @@ def _replace_partition(
         undo.append((f"drop table {table}", lambda: spark.sql(f"DROP TABLE IF EXISTS {_quoted(table)}")))
         frame.limit(0).withColumn(RUN_ID, F.lit(run_id)).write.partitionBy(RUN_ID).saveAsTable(table)
     else:
-        new = [f for f in frame.schema.fields if f.name not in spark.table(table).columns]
+        columns = set(spark.table(table).columns)
+        new = [f for f in frame.schema.fields if f.name not in columns]
         if new:  # a column this run has and earlier runs had not: NULL for them
             added = ", ".join(f"{_identifier(f.name)} {f.dataType.simpleString()}" for f in new)
             spark.sql(f"ALTER TABLE {_quoted(table)} ADD COLUMNS ({added})")

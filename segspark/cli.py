@@ -114,11 +114,11 @@ def _run(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     from segspark.config import SourceSettings, SparkSettings
     from segspark.score import resolve_run, score
-    from segspark.session import get_session
+    from segspark.session import get_session, local_input_bytes
 
     options = dict(option.partition("=")[::2] for option in args.options)
     source = SourceSettings(path=args.input, format=args.format, options=options)
-    spark = get_session(SparkSettings())
+    spark = get_session(SparkSettings(), local_input_bytes([args.input]))
     summary = score(spark, resolve_run(spark, args.run, args.lake), source, args.output, args.output_format)
     rows = summary["rows"]
     print(

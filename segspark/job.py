@@ -51,7 +51,7 @@ from segspark.report import REPORT_FILE, write_report
 from segspark.rules import Rules
 from segspark.runtime import Runtime
 from segspark.segments import EarlierRun, earlier_run
-from segspark.session import get_session
+from segspark.session import get_session, local_input_bytes
 from segspark.steps import (
     RULES_SQL,
     Assigned,
@@ -149,7 +149,9 @@ class Done:
 
 def run(settings: Settings, spark: SparkSession | None = None) -> RunResult:
     """Run the whole job and publish its outputs; on failure, earlier runs stay as they were."""
-    spark = spark or get_session(session_settings(settings))  # with output.catalog: the embedded catalog
+    inputs = [source.path for source in (settings.input.customers, settings.input.orders) if source]
+    # with output.catalog: the embedded catalog; for a small local input, a JVM that starts quicker
+    spark = spark or get_session(session_settings(settings), local_input_bytes(inputs))
     run_id = settings.output.run_id or new_run_id()
     lake = Lake(spark, settings.output.path)
     lake.check_writable(run_id)

@@ -13,7 +13,15 @@ import yaml
 from segspark.cli import main
 from segspark.config import SparkSettings
 from segspark.errors import ConfigError
-from segspark.session import ClassArchive, get_session, local_cores, local_defaults
+from segspark.session import (
+    QUICK_JIT,
+    QUICK_JIT_BYTES,
+    ClassArchive,
+    get_session,
+    local_cores,
+    local_defaults,
+    local_input_bytes,
+)
 
 
 def test_local_shuffles_have_one_partition_per_core_and_at_least_two():
@@ -55,14 +63,15 @@ JVM_OF_A_LOCAL_SESSION = """
 import os, sys
 from segspark.config import SparkSettings
 from segspark.session import get_session
-spark = get_session(SparkSettings(master="local[1]", conf={"spark.ui.enabled": False}))
+sizes = [int(a.removeprefix("bytes=")) for a in sys.argv[1:] if a.startswith("bytes=")]
+spark = get_session(SparkSettings(master="local[1]", conf={"spark.ui.enabled": False}), *sizes)
 spark.range(3).count()
 pid = spark.sparkContext._gateway.proc.pid
 with open(f"/proc/{pid}/cmdline") as cmdline, open(f"/proc/{pid}/maps") as maps:
     print(cmdline.read().replace("\\0", " "))
     print("mapped:", sorted({line.split()[-1] for line in maps if line.rstrip().endswith(".jsa")}))
 sys.stdout.flush()
-if sys.argv[1:] == ["killed"]:
+if "killed" in sys.argv[1:]:
     os._exit(0)  # no clean end: the atexit handlers never run
 """
 
@@ -84,19 +93,19 @@ def _local_jvm(cache, *args: str) -> str:
 def test_a_local_jvm_maps_the_class_archive_only_after_one_was_written_by_a_clean_exit(tmp_path):
     folder = tmp_path / "segspark"
     killed = _local_jvm(tmp_path, "killed")  # records, but its program ends without waiting for it
-    assert "-XX:ArchiveClassesAtExit=" in killed
+    assert "-XX:ArchiveClassesAtExit=" in killed and QUICK_JIT not in killed  # input size unknown
     time.sleep(5)  # its JVM writes the archive on its own; it stays a part, never the archive
     assert not list(folder.glob("*.jsa"))
 
-    recorded = _local_jvm(tmp_path)
-    assert "-XX:ArchiveClassesAtExit=" in recorded
+    recorded = _local_jvm(tmp_path, f"bytes={QUICK_JIT_BYTES}")  # not below the bound: both JIT tiers
+    assert "-XX:ArchiveClassesAtExit=" in recorded and QUICK_JIT not in recorded
     (archive,) = folder.glob("*.jsa")
     assert archive.stat().st_size > 50 * 2**20  # Spark's classes: hundreds of MB, not a stub
 
-    mapped = _local_jvm(tmp_path)
-    assert f"-XX:SharedArchiveFile={archive}" in mapped
+    mapped = _local_jvm(tmp_path, f"bytes={QUICK_JIT_BYTES - 1}")  # a small input: C1 only
+    assert f"-XX:SharedArchiveFile={archive}" in mapped and f" {QUICK_JIT} " in mapped
     (maps,) = [line for line in mapped.splitlines() if line.startswith("mapped:")]
-    assert repr(str(archive)) in maps  # the JVM really maps it (besides the JDK's own archive)
+    assert repr(str(archive)) in maps  # the JVM really maps it (besides the JDK's own archive) under C1 too
 
 
 def test_the_class_archive_is_off_with_segspark_no_class_archive(monkeypatch):
@@ -104,3 +113,18 @@ def test_the_class_archive_is_off_with_segspark_no_class_archive(monkeypatch):
     assert ClassArchive.for_this_spark() is not None  # this machine: Java 17
     monkeypatch.setenv("SEGSPARK_NO_CLASS_ARCHIVE", "1")
     assert ClassArchive.for_this_spark() is None
+
+
+def test_the_input_size_counts_every_file_of_local_paths_and_is_unknown_otherwise(tmp_path):
+    folder = tmp_path / "customers.parquet"
+    (folder / "part=1").mkdir(parents=True)
+    (folder / "part-0.parquet").write_bytes(b"x" * 1000)
+    (folder / "part=1" / "part-1.parquet").write_bytes(b"x" * 234)
+    (folder / "_SUCCESS").write_bytes(b"")
+    orders = tmp_path / "orders.csv"
+    orders.write_text("a,b\n1,2\n")  # 8 bytes
+    assert local_input_bytes([str(folder)]) == 1234
+    assert local_input_bytes([f"file://{folder}", str(orders)]) == 1234 + 8
+    assert local_input_bytes([f"file:{orders}"]) == 8
+    for unknown in ("s3a://bucket/customers", str(tmp_path / "*.parquet"), str(tmp_path / "missing"), None):
+        assert local_input_bytes([str(orders), unknown]) is None
