@@ -25,7 +25,6 @@ import pyspark.sql.functions as F
 from pyspark.ml.clustering import BisectingKMeans, GaussianMixture, KMeans
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import Column, SparkSession
-from sklearn.cluster import KMeans as LloydKMeans
 
 from segspark.metrics import CLUSTER, FEATURES, knee_scores
 from segspark.runtime import is_connect
@@ -72,6 +71,7 @@ class Algorithm:
 
 def lloyd_kmeans(settings: ModelSettings) -> Fitter:
     """k-means on the driver: one k-means++ start and Lloyd iterations (scikit-learn), no Spark job."""
+    from sklearn.cluster import KMeans as LloydKMeans  # see job.BACKGROUND_IMPORTS
 
     def fit(points: np.ndarray, k: int, seed: int) -> Fit:
         model = LloydKMeans(

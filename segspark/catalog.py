@@ -7,9 +7,10 @@ with ``run_id`` and ``run_ts`` (when the run started, UTC), and points the views
 were verified; the tables use the session's default table format.
 
 All or nothing (``catalog_tables``): every table and view is checked before the first write. Then the
-database and missing tables are created, each table's partition is written (the partition of an earlier
-run with the same id is copied aside first; a re-run without rules drops the rules the id had), the
-views move, and last the run's files are published.
+database is created when missing, a missing table is created with the run's rows as its first partition,
+an existing table's partition is written (the partition of an earlier run with the same id is copied
+aside first; a re-run without rules drops the rules the id had), the views move, and last the run's
+files are published.
 Each step records how to undo itself first; when any later step fails, the undo steps run in reverse:
 the views show the run they showed, the partitions written are dropped and a replaced one is restored
 from its copy, the tables and the database this run created are dropped. Only a column this run added
@@ -215,8 +216,15 @@ def catalog_tables(
     log.info("catalog: run %s is in the tables of %s, and the %s views show it", run_id, database, LATEST)
 
 
-def write_partition(spark: SparkSession, table: str, rows: DataFrame, run_id: str) -> None:
-    """Replace the table's partition ``run_id`` with ``rows`` (in the table's column order)."""
+def write_partition(
+    spark: SparkSession, table: str, rows: DataFrame, run_id: str, create: bool = False
+) -> None:
+    """Replace the table's partition ``run_id`` with ``rows`` (in the table's column order); ``create``:
+    make the table, with ``rows``' columns and this partition (one write, not an empty table first)."""
+    if create:
+        log.info("catalog: creating %s with partition run_id=%s", table, run_id)
+        rows.withColumn(RUN_ID, F.lit(run_id)).write.partitionBy(RUN_ID).saveAsTable(table)
+        return
     log.info("catalog: writing %s, partition run_id=%s", table, run_id)
     spark.sql(
         f"INSERT OVERWRITE TABLE {_quoted(table)} PARTITION ({RUN_ID} = {_literal(run_id)}) "
@@ -240,17 +248,17 @@ def _replace_partition(
     ``undo`` gets how to take it back (drop the table or the partition, or restore a replaced one)."""
     if not spark.catalog.tableExists(table):
         undo.append((f"drop table {table}", lambda: spark.sql(f"DROP TABLE IF EXISTS {_quoted(table)}")))
-        frame.limit(0).withColumn(RUN_ID, F.lit(run_id)).write.partitionBy(RUN_ID).saveAsTable(table)
-    else:
-        columns = set(spark.table(table).columns)
-        new = [f for f in frame.schema.fields if f.name not in columns]
-        if new:  # a column this run has and earlier runs had not: NULL for them
-            added = ", ".join(f"{_identifier(f.name)} {f.dataType.simpleString()}" for f in new)
-            spark.sql(f"ALTER TABLE {_quoted(table)} ADD COLUMNS ({added})")
-        if not _set_aside(spark, table, run_id, backup, undo):
-            undo.append(
-                (f"drop partition run_id={run_id} of {table}", lambda: _drop_partition(spark, table, run_id))
-            )
+        write_partition(spark, table, frame, run_id, create=True)
+        return
+    columns = set(spark.table(table).columns)
+    new = [f for f in frame.schema.fields if f.name not in columns]
+    if new:  # a column this run has and earlier runs had not: NULL for them
+        added = ", ".join(f"{_identifier(f.name)} {f.dataType.simpleString()}" for f in new)
+        spark.sql(f"ALTER TABLE {_quoted(table)} ADD COLUMNS ({added})")
+    if not _set_aside(spark, table, run_id, backup, undo):
+        undo.append(
+            (f"drop partition run_id={run_id} of {table}", lambda: _drop_partition(spark, table, run_id))
+        )
     write_partition(spark, table, _aligned(frame, spark, table), run_id)
 
 
@@ -354,16 +362,18 @@ def _fits(new: T.DataType, old: T.DataType) -> bool:
 
 
 def _aligned(frame: DataFrame, spark: SparkSession, table: str) -> DataFrame:
-    """``frame`` in the table's column order (run_id aside): cast to the table's types, NULL where absent."""
-    present = set(frame.columns)
-    return frame.select(
-        *[
-            (col(f.name).cast(f.dataType) if f.name in present else F.lit(None).cast(f.dataType)).alias(
-                f.name
-            )
-            for f in spark.table(table).schema.fields
-            if f.name != RUN_ID
-        ]
+    """``frame`` in the table's column order (run_id aside): cast to the table's types, NULL where absent.
+    One SQL select list, not a Column per field: each of those is a call into the JVM."""
+    present = {f.name: f.dataType for f in frame.schema.fields}
+
+    def aligned(name: str, to: T.DataType) -> str:
+        if present.get(name) == to:
+            return _identifier(name)
+        value = _identifier(name) if name in present else "NULL"
+        return f"CAST({value} AS {to.simpleString()}) AS {_identifier(name)}"
+
+    return frame.selectExpr(
+        *[aligned(f.name, f.dataType) for f in spark.table(table).schema.fields if f.name != RUN_ID]
     )
 
 

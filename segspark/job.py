@@ -1,16 +1,20 @@
 """The orchestration: ``run(settings) -> RunResult``, read -> validate -> prepare -> sweep -> assign ->
-profile -> rules -> write -> verify -> report -> publish. Each step is a function of ``steps.py`` (or of
-the module that owns it) returning a small typed result; this module runs them in order, times them,
-and builds the manifest once from their results (at the end, or when a step fails).
+profile -> rules -> write -> verify -> report (in a thread, beside the catalog's writes) -> publish.
+Each step is a function of ``steps.py`` (or of the module that owns it) returning a small typed result;
+this module runs them in order, times them, and builds the manifest once from their results (at the
+end, or when a step fails).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import platform
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -85,6 +89,24 @@ OUTLIER_METHOD = f"percentile_approx (accuracy {OUTLIER_ACCURACY}) of the distan
 OUTPUTS = ("assignments", "profiles", "k_metrics", "rejects", "model", "sample")  # of every run
 
 
+# scikit-learn (the sweep's fits) takes 1.5-2 s to import on 2 cores: it is imported where it is used,
+# and while a new session's JVM starts (when this Python process is otherwise idle) in a thread
+BACKGROUND_IMPORTS = ("sklearn.cluster", "sklearn.metrics")
+
+
+def _import_in_background(modules: tuple[str, ...]) -> None:
+    """Import ``modules`` in a daemon thread; a later import of one waits for it (Python's import lock)."""
+
+    def load() -> None:
+        for module in modules:
+            try:
+                importlib.import_module(module)
+            except ImportError:  # raised again where the module is used, with the step that needs it
+                return
+
+    threading.Thread(target=load, name="imports", daemon=True).start()
+
+
 @dataclass
 class RunResult:
     run_id: str
@@ -150,8 +172,10 @@ class Done:
 def run(settings: Settings, spark: SparkSession | None = None) -> RunResult:
     """Run the whole job and publish its outputs; on failure, earlier runs stay as they were."""
     inputs = [source.path for source in (settings.input.customers, settings.input.orders) if source]
-    # with output.catalog: the embedded catalog; for a small local input, a JVM that starts quicker
-    spark = spark or get_session(session_settings(settings), local_input_bytes(inputs))
+    if spark is None:
+        _import_in_background(BACKGROUND_IMPORTS)
+        # with output.catalog: the embedded catalog; for a small local input, a JVM that starts quicker
+        spark = get_session(session_settings(settings), local_input_bytes(inputs))
     run_id = settings.output.run_id or new_run_id()
     lake = Lake(spark, settings.output.path)
     lake.check_writable(run_id)
@@ -232,14 +256,21 @@ def _flow(ctx: Context, step: StepTimer, started: Manifest, done: Done) -> RunRe
 
     manifest = _succeeded(ctx, started, done, step, earlier)
     lake.write_text(f"{ctx.staging}/{MANIFEST_FILE}", manifest.to_json())
-    if settings.output.report:
-        with step("report"):  # from the staged outputs, exactly as `segspark report` rebuilds it
-            write_report(ctx.spark, ctx.staging)
-    # the catalog's tables and views first, then the files; a failure in either undoes both
-    with step("publish"), catalog_tables(ctx.spark, lake, settings.output, manifest):
-        run_dir = lake.publish(manifest.run_id)
+    # the report (mostly Python drawing figures) is made while the catalog (the JVM) writes the tables and
+    # views; the files are published once both are done, and a failure in either undoes both
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="report") as background:
+        report = background.submit(_report, ctx, step) if settings.output.report else None
+        with step("publish"), catalog_tables(ctx.spark, lake, settings.output, manifest):
+            if report is not None:
+                report.result()
+            run_dir = lake.publish(manifest.run_id)
     manifest.timings = step.timings  # the result's timings include the report and the publishing
     return RunResult(manifest.run_id, run_dir, manifest, done.written.profiles, done.swept.k_metrics)
+
+
+def _report(ctx: Context, step: StepTimer) -> None:
+    with step("report"):  # from the staged outputs, exactly as `segspark report` rebuilds it
+        write_report(ctx.spark, ctx.staging)
 
 
 def _so_far(settings: Settings, started: Manifest, done: Done, step: StepTimer) -> Manifest:

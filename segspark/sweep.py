@@ -29,7 +29,6 @@ import pyspark.sql.functions as F
 from pyspark.ml.clustering import KMeans
 from pyspark.ml.functions import array_to_vector
 from pyspark.sql import SparkSession
-from sklearn.metrics import adjusted_rand_score
 
 from segspark.algorithms import ALGORITHMS, SELECTIONS, Fit, Fitter, fitter_for
 from segspark.config import ModelSettings
@@ -438,6 +437,8 @@ def stability(points: np.ndarray, chosen: KResult, settings: ModelSettings, fitt
     """Refit the chosen k on bootstrap resamples of the sweep's customers; the adjusted Rand index of
     each refit's clusters of the resampled customers against the chosen fit's. Near 1: real structure;
     far below: noise."""
+    from sklearn.metrics import adjusted_rand_score  # see job.BACKGROUND_IMPORTS
+
     scores = []
     for r in range(settings.stability_runs):
         seed = settings.seed + STABILITY_SEED_OFFSET + r
