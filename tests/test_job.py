@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
+from segspark import job
 from segspark.config import CustomersInput, settings_from_dict
 from segspark.errors import InputDataError
 from segspark.generate import FEATURES
@@ -204,3 +206,35 @@ def test_a_failed_run_leaves_the_published_runs_alone(spark, first_run, demo_dat
     assert sorted(p.name for p in (lake / "runs").iterdir()) == published
     failed = json.loads((lake / "_staging" / "broken" / "manifest.json").read_text())
     assert failed["status"] == "failed" and "no_such_column" in failed["error"]
+
+
+def test_a_report_failing_beside_the_catalog_undoes_it(spark, first_run, demo_data, lake, monkeypatch):
+    """The report is made while the catalog writes the tables: when it fails, the run publishes nothing
+    and the catalog is undone (the database this run created is gone)."""
+    database = "report_fails"
+    before = (lake / "latest").read_text()
+    published = sorted(p.name for p in (lake / "runs").iterdir())
+    seen = {}
+
+    def failing_report(session, run_dir):
+        deadline = time.monotonic() + 300
+        while not session.catalog.databaseExists(database) and time.monotonic() < deadline:
+            time.sleep(0.2)  # the catalog's first write creates the database
+        seen["database while the report ran"] = session.catalog.databaseExists(database)
+        raise RuntimeError("injected: the report failed")
+
+    monkeypatch.setattr(job, "write_report", failing_report)
+    config = base_config(
+        demo_data["customers"],
+        str(lake),
+        output={"run_id": "no_report", "catalog": {"database": database}},
+        segments={"rule_depth": 0},
+    )
+    with pytest.raises(RuntimeError, match="injected: the report failed"):
+        run(settings_from_dict(config), spark)
+    assert seen == {"database while the report ran": True}
+    assert not spark.catalog.databaseExists(database)
+    assert (lake / "latest").read_text() == before
+    assert sorted(p.name for p in (lake / "runs").iterdir()) == published
+    failed = json.loads((lake / "_staging" / "no_report" / "manifest.json").read_text())
+    assert failed["status"] == "failed" and "injected: the report failed" in failed["error"]
