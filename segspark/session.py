@@ -4,6 +4,7 @@ Spark Connect client with ``spark.remote`` / ``SPARK_REMOTE``."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import glob
 import hashlib
 import logging
@@ -35,7 +36,7 @@ DRIVER_MEMORY_MIB = (1024, 8192)
 # The class-data-sharing archive of a local driver JVM (see ClassArchive)
 CLASS_ARCHIVE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "segspark"
 NO_CLASS_ARCHIVE = "SEGSPARK_NO_CLASS_ARCHIVE"  # set to 1 to start local JVMs without one
-CLASS_ARCHIVES_KEPT = 3  # one per pyspark and Java installation in use, the newest
+CLASS_ARCHIVES_KEPT = 3  # one per pyspark and Java installation, the most recently used
 CLASS_ARCHIVE_WAIT_S = 120  # the dump at the JVM's exit takes a few seconds
 QUIET_CDS = "-Xlog:cds=off -Xlog:cds+dynamic=off"  # no line per class the archive leaves out
 # A local run whose input files are smaller than this gets a driver JVM that compiles with the JIT's
@@ -140,6 +141,10 @@ class ClassArchive:
     def java_options(self) -> str:
         """Use the archive, or record one (see ``keep_when_written``) when there is none yet."""
         if self.path.exists():
+            # used now: the archives kept are the ones used last (see evict); in someone else's cache
+            # folder it cannot be touched, and is still read
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
             return f"-XX:SharedArchiveFile={self.path} {QUIET_CDS}"
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -167,7 +172,13 @@ class ClassArchive:
             self.part.unlink(missing_ok=True)
             return
         os.replace(self.part, self.path)
-        archives = sorted(self.path.parent.glob("spark-*.jsa"), key=os.path.getmtime)
+        self.evict(self.path.parent)
+
+    @staticmethod
+    def evict(folder: Path) -> None:
+        """Keep the CLASS_ARCHIVES_KEPT archives used last (``java_options`` touches the one it uses), so
+        installations used in turn keep theirs: ``make test`` runs two pysparks."""
+        archives = sorted(folder.glob("spark-*.jsa"), key=os.path.getmtime)
         for old in archives[:-CLASS_ARCHIVES_KEPT]:
             old.unlink(missing_ok=True)
 

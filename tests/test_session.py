@@ -108,6 +108,18 @@ def test_a_local_jvm_maps_the_class_archive_only_after_one_was_written_by_a_clea
     assert repr(str(archive)) in maps  # the JVM really maps it (besides the JDK's own archive) under C1 too
 
 
+def test_the_class_archives_kept_are_the_ones_used_last(tmp_path):
+    now = time.time()
+    archives = [tmp_path / f"spark-{name}.jsa" for name in "abcd"]  # written in this order, a first
+    for age, archive in zip((400, 300, 200, 100), archives, strict=True):
+        archive.write_bytes(b"")
+        os.utime(archive, (now - age, now - age))
+    options = ClassArchive(archives[0]).java_options()  # a run maps the oldest: used last now
+    assert f"-XX:SharedArchiveFile={archives[0]}" in options
+    ClassArchive.evict(tmp_path)  # as after an archive is written: the three used last stay, b goes
+    assert sorted(p.name for p in tmp_path.glob("*.jsa")) == ["spark-a.jsa", "spark-c.jsa", "spark-d.jsa"]
+
+
 def test_the_class_archive_is_off_with_segspark_no_class_archive(monkeypatch):
     monkeypatch.delenv("SEGSPARK_NO_CLASS_ARCHIVE", raising=False)
     assert ClassArchive.for_this_spark() is not None  # this machine: Java 17
