@@ -1,5 +1,6 @@
 """The orchestration: ``run(settings) -> RunResult``, read -> validate -> prepare -> sweep -> assign ->
-profile -> rules -> write -> verify -> report (in a thread, beside the catalog's writes) -> publish.
+profile -> rules (in a thread, beside the writes) -> write -> verify -> report (in a thread, beside the
+catalog's writes) -> publish.
 Each step is a function of ``steps.py`` (or of the module that owns it) returning a small typed result;
 this module runs them in order, times them, and builds the manifest once from their results (at the
 end, or when a step fails).
@@ -53,7 +54,7 @@ from segspark.prepare import Prepared, prepare
 from segspark.profiles import MIN_SAMPLED
 from segspark.report import REPORT_FILE, write_report
 from segspark.rules import Rules
-from segspark.runtime import Runtime
+from segspark.runtime import Runtime, is_connect
 from segspark.segments import EarlierRun, earlier_run
 from segspark.session import get_session, local_input_bytes
 from segspark.steps import (
@@ -235,13 +236,22 @@ def _flow(ctx: Context, step: StepTimer, started: Manifest, done: Done) -> RunRe
         done.assigned = assign(ctx, done.inputs, done.validated, done.prepared, done.swept, earlier)
     with step("profile"):
         done.profiled = profile(ctx, done.inputs, done.assigned, clipped=bool(done.prepared.bounds))
-    if wants_rules(settings, done.inputs.spec):
-        with step("rules"):
-            done.rules = rules(ctx, done.inputs, done.validated, done.prepared, done.assigned, done.profiled)
-    with step("write assignments"):
-        done.written = write_assignments(ctx, done.inputs, done.assigned, done.profiled)
-    with step("write profiles, metrics, rejects, model"):
-        write_tables(ctx, done.inputs, done.validated, done.swept, done.assigned, done.profiled, done.written)
+    # the rules' tree is learned while the assignments and the tables are written (both mostly JVM work,
+    # one call at a time each: together they use the second core); over Spark Connect, where a model's
+    # calls need the session of the thread that makes them, before the writes
+    rules_wanted = wants_rules(settings, done.inputs.spec)
+    if rules_wanted and is_connect(ctx.spark):
+        done.rules = _rules(ctx, step, done)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rules") as beside:
+        learning = beside.submit(_rules, ctx, step, done) if rules_wanted and done.rules is None else None
+        with step("write assignments"):
+            done.written = write_assignments(ctx, done.inputs, done.assigned, done.profiled)
+        with step("write profiles, metrics, rejects, model"):
+            write_tables(
+                ctx, done.inputs, done.validated, done.swept, done.assigned, done.profiled, done.written
+            )
+        if learning is not None:
+            done.rules = learning.result()
     if done.rules is not None:
         with step("write rules"):
             write_rules(ctx, done.rules, started.run_id)
@@ -266,6 +276,11 @@ def _flow(ctx: Context, step: StepTimer, started: Manifest, done: Done) -> RunRe
             run_dir = lake.publish(manifest.run_id)
     manifest.timings = step.timings  # the result's timings include the report and the publishing
     return RunResult(manifest.run_id, run_dir, manifest, done.written.profiles, done.swept.k_metrics)
+
+
+def _rules(ctx: Context, step: StepTimer, done: Done) -> Rules:
+    with step("rules"):
+        return rules(ctx, done.inputs, done.validated, done.prepared, done.assigned, done.profiled)
 
 
 def _report(ctx: Context, step: StepTimer) -> None:

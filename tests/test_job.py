@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -238,3 +239,29 @@ def test_a_report_failing_beside_the_catalog_undoes_it(spark, first_run, demo_da
     assert sorted(p.name for p in (lake / "runs").iterdir()) == published
     failed = json.loads((lake / "_staging" / "no_report" / "manifest.json").read_text())
     assert failed["status"] == "failed" and "injected: the report failed" in failed["error"]
+
+
+def test_rules_failing_beside_the_writes_publish_nothing(spark, first_run, demo_data, lake, monkeypatch):
+    """The rules' tree is learned while the assignments and tables are written: when it fails, the run
+    fails and publishes nothing."""
+    before = (lake / "latest").read_text()
+    published = sorted(p.name for p in (lake / "runs").iterdir())
+    seen = {}
+
+    def failing_rules(ctx, *_):
+        written = Path(re.sub(r"^file:(//)?", "", ctx.staging)) / "assignments" / "_SUCCESS"
+        deadline = time.monotonic() + 120
+        while not written.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)  # the assignments are the first of the writes
+        seen["assignments written while the rules were learned"] = written.exists()
+        raise RuntimeError("injected: the rules failed")
+
+    monkeypatch.setattr(job, "rules", failing_rules)
+    config = base_config(demo_data["customers"], str(lake), output={"run_id": "no_rules"})
+    with pytest.raises(RuntimeError, match="injected: the rules failed"):
+        run(settings_from_dict(config), spark)
+    assert seen == {"assignments written while the rules were learned": True}
+    assert (lake / "latest").read_text() == before
+    assert sorted(p.name for p in (lake / "runs").iterdir()) == published
+    failed = json.loads((lake / "_staging" / "no_rules" / "manifest.json").read_text())
+    assert failed["status"] == "failed" and "injected: the rules failed" in failed["error"]
