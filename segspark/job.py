@@ -90,9 +90,10 @@ OUTLIER_METHOD = f"percentile_approx (accuracy {OUTLIER_ACCURACY}) of the distan
 OUTPUTS = ("assignments", "profiles", "k_metrics", "rejects", "model", "sample")  # of every run
 
 
-# scikit-learn (the sweep's fits) takes 1.5-2 s to import on 2 cores: it is imported where it is used,
-# and while a new session's JVM starts (when this Python process is otherwise idle) in a thread
-BACKGROUND_IMPORTS = ("sklearn.cluster", "sklearn.metrics")
+# scikit-learn (the sweep's fits, the rules' tree) takes 1.5-2 s to import on 2 cores: it is imported
+# where it is used, and while a new session's JVM starts (when this Python process is otherwise idle) in
+# a thread
+BACKGROUND_IMPORTS = ("sklearn.cluster", "sklearn.metrics", "sklearn.tree")
 
 
 def _import_in_background(modules: tuple[str, ...]) -> None:

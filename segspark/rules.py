@@ -1,9 +1,11 @@
 """Segments as rules a person can read and any SQL engine can run.
 
-A decision tree (Spark MLlib's ``DecisionTreeClassifier``, bounded depth) learns the run's segments
-from the features before scaling: the numeric features in original units, with missing values as the
-model sees them (the run's medians). Each segment's rule is the disjunction of the paths to the leaves
-that predict it, thresholds rounded to a readable grid. Two ways to grow the trees:
+A decision tree of bounded depth learns the run's segments from the features before scaling: the
+numeric features in original units, with missing values as the model sees them (the run's medians).
+It learns on the driver, with scikit-learn, from at most LEARN_ROWS customers (one Spark job fetches
+them), as the sweep chooses k: its cost is the same at any size. Each segment's rule is the disjunction
+of the paths to the leaves that predict it, thresholds rounded to a readable grid. Two ways to grow
+the trees:
 
 - ``tree`` (the default): one tree for all segments. Its leaves split the customers into disjoint
   groups, so the rules never overlap and one ``CASE WHEN ... END`` reproduces each rule's figures.
@@ -22,18 +24,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pyspark.sql.functions as F
-from pyspark.ml.classification import DecisionTreeClassifier
-from pyspark.ml.feature import VectorAssembler
 from pyspark.sql import DataFrame
 
 from segspark.metrics import SEGMENT
 from segspark.prepare import internal_name
-from segspark.segments import lookup
 
 METHODS = ("tree", "per_segment")
-RULE_FEATURES = "__rule_features"
-RULE_LABEL = "__rule_label"
-MAX_BINS = 64  # candidate thresholds per feature; more bins find the gaps between segments more exactly
 LEARN_ROWS = 50_000  # customers the tree learns from, at most: thresholds need no more
 SAFE_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 # Words that may not stand unquoted as a column name in Spark SQL or common ANSI engines.
@@ -224,35 +220,30 @@ def readable(value: float, spread: float) -> float:
     return round(round(value / grid) * grid, max(0, -math.floor(math.log10(grid))))
 
 
-def parse_tree(debug: str) -> Leaf | Split:
-    """A tree from Spark's ``toDebugString`` (continuous features only).
+def tree_of(tree, classes: np.ndarray, shift: np.ndarray, node: int = 0) -> Leaf | Split:
+    """A fitted scikit-learn tree (``model.tree_``) as Splits and Leaves, predicting ``classes``; the
+    features were learned less ``shift``, which the thresholds get back. Two sibling leaves that predict
+    the same class are one leaf: their split tells nothing about the segments.
 
-    >>> parse_tree('''Model: depth=1
-    ...   If (feature 1 <= 2.5)
-    ...    Predict: 0.0
-    ...   Else (feature 1 > 2.5)
-    ...    Predict: 1.0''')
-    Split(feature=1, threshold=2.5, left=Leaf(prediction=0), right=Leaf(prediction=1))
+    >>> from sklearn.tree import DecisionTreeClassifier
+    >>> x, y = np.array([[1.0], [2.0], [3.0], [4.0]]), np.array([7, 7, 9, 9])
+    >>> model = DecisionTreeClassifier(max_depth=2).fit(x - 2.0, y)
+    >>> tree_of(model.tree_, model.classes_, np.array([2.0]))
+    Split(feature=0, threshold=2.5, left=Leaf(prediction=7), right=Leaf(prediction=9))
     """
-    lines = [line.strip() for line in debug.splitlines()[1:] if line.strip()]
+    left, right = tree.children_left[node], tree.children_right[node]
+    if left == right:  # a leaf (both -1)
+        return Leaf(int(classes[int(np.argmax(tree.value[node][0]))]))
+    below, above = tree_of(tree, classes, shift, left), tree_of(tree, classes, shift, right)
+    feature = int(tree.feature[node])
+    return _joined(feature, float(tree.threshold[node]) + float(shift[feature]), below, above)
 
-    def node(i: int) -> tuple[Leaf | Split, int]:
-        line = lines[i]
-        if line.startswith("Predict:"):
-            return Leaf(int(float(line.split(":", 1)[1]))), i + 1
-        match = re.fullmatch(r"If \(feature (\d+) <= (\S+)\)", line)
-        if match is None:
-            raise ValueError(f"unexpected line in the tree: {line!r}")
-        left, i = node(i + 1)
-        if not lines[i].startswith("Else"):
-            raise ValueError(f"expected Else, got {lines[i]!r}")
-        right, i = node(i + 1)
-        return Split(int(match[1]), float(match[2]), left, right), i
 
-    tree, end = node(0)
-    if end != len(lines):
-        raise ValueError("trailing lines after the tree")
-    return tree
+def _joined(feature: int, threshold: float, below: Leaf | Split, above: Leaf | Split) -> Leaf | Split:
+    """``Split(feature, threshold, below, above)``, or one leaf when both sides are leaves saying the same."""
+    if isinstance(below, Leaf) and below == above:
+        return below
+    return Split(feature, threshold, below, above)
 
 
 def leaf_paths(tree: Leaf | Split, names: list[str]) -> list[tuple[tuple[Condition, ...], int]]:
@@ -312,27 +303,60 @@ def case_sql(rules: list[SegmentRule], missing_as: dict[str, float]) -> str:
     return "CASE\n" + "\n".join(whens) + "\n  ELSE NULL\nEND"
 
 
-def training_rows(assigned: DataFrame, features: list[str], missing_as: dict[str, float]) -> DataFrame:
-    """The features as the model sees them before log1p and scaling (missing as the median), assembled."""
-    imputed = [
-        F.coalesce(F.col(f"`{c}`"), F.lit(missing_as[c])).alias(f"_{i}") for i, c in enumerate(features)
-    ]
-    rows = assigned.select(F.col(SEGMENT), *imputed)
-    return VectorAssembler(
-        inputCols=[f"_{i}" for i in range(len(features))], outputCol=RULE_FEATURES
-    ).transform(rows)
+def training_rows(assigned: DataFrame, features: list[str]) -> pd.DataFrame:
+    """The segment and the features before log1p and scaling (NaN where missing), on the driver."""
+    raw = [F.col(f"`{c}`").cast("double").alias(f"_{i}") for i, c in enumerate(features)]
+    frame = assigned.select(F.col(SEGMENT), *raw).toPandas()
+    return frame.rename(columns={f"_{i}": c for i, c in enumerate(features)})
 
 
-def _fit(rows: DataFrame, label, depth: int, seed: int) -> Leaf | Split:
-    labelled = rows.select(F.col(RULE_FEATURES), label.cast("double").alias(RULE_LABEL))
-    tree = DecisionTreeClassifier(
-        featuresCol=RULE_FEATURES, labelCol=RULE_LABEL, maxDepth=depth, maxBins=MAX_BINS, seed=seed
-    ).fit(labelled)
-    return parse_tree(tree.toDebugString)
+def _greedy(
+    values: np.ndarray, labels: np.ndarray, shift: np.ndarray, depth: int, seed: int
+) -> tuple[Leaf | Split, int]:
+    """scikit-learn's tree of ``depth`` (each split the one that lowers the Gini impurity most), and how
+    many of the customers it classifies right."""
+    from sklearn.tree import DecisionTreeClassifier  # see job.BACKGROUND_IMPORTS
+
+    if depth == 0 or len(np.unique(labels)) < 2:
+        classes, counts = np.unique(labels, return_counts=True)
+        return Leaf(int(classes[np.argmax(counts)])), int(counts.max())
+    model = DecisionTreeClassifier(max_depth=depth, random_state=seed).fit(values, labels)
+    return tree_of(model.tree_, model.classes_, shift), int((model.predict(values) == labels).sum())
+
+
+def _fit(values: np.ndarray, labels: np.ndarray, depth: int, seed: int) -> Leaf | Split:
+    """The tree of ``depth`` that classifies the most customers right of: the greedy tree, and for each
+    feature, its best split at the root with greedy trees below.
+
+    The greedy tree takes the root that lowers the impurity most in one step; a root almost as good can
+    make a much better tree, where the greedy one leaves a segment without a leaf (see the README and
+    tests/test_acting.py). The tree kept classifies at least as many right as the greedy one. The
+    features are learned less their means, in 32-bit floats as scikit-learn computes: a large value
+    with a small spread (a date as a number) keeps its precision.
+    """
+    from sklearn.tree import DecisionTreeClassifier
+
+    shift = np.nan_to_num(values.mean(axis=0)) if len(values) else np.zeros(values.shape[1])
+    values = (values - shift).astype(np.float32)
+    best, best_right = _greedy(values, labels, shift, depth, seed)
+    if depth < 2:
+        return best
+    for feature in range(values.shape[1]):
+        stump = DecisionTreeClassifier(max_depth=1, random_state=seed).fit(values[:, [feature]], labels)
+        if stump.tree_.node_count < 3:  # no split on this feature separates anything
+            continue
+        threshold = stump.tree_.threshold[0]
+        below = values[:, feature] <= threshold
+        left, left_right = _greedy(values[below], labels[below], shift, depth - 1, seed)
+        right, right_right = _greedy(values[~below], labels[~below], shift, depth - 1, seed)
+        if left_right + right_right > best_right:
+            best = _joined(feature, float(threshold) + float(shift[feature]), left, right)
+            best_right = left_right + right_right
+    return best
 
 
 def learn_rules(
-    assigned: DataFrame,
+    rows: pd.DataFrame,
     features: list[str],
     segments: list[int],
     missing_as: dict[str, float],
@@ -341,25 +365,22 @@ def learn_rules(
     seed: int,
     method: str = "tree",
 ) -> list[SegmentRule]:
-    """One rule per segment (see the module docstring); ``segments`` sorted, ``spread`` the features'
-    standard deviations (for rounding)."""
-    rows = training_rows(assigned, features, missing_as).persist()
-    try:
-        if method == "tree":
-            index = {s: i for i, s in enumerate(segments)}
-            tree = _fit(rows, lookup(index, F.col(SEGMENT)), depth, seed)
-            found: dict[int, list] = {s: [] for s in segments}
-            for path, prediction in leaf_paths(tree, features):
-                found[segments[prediction]].append(path)
-        elif method == "per_segment":
-            found = {}
-            for s in segments:
-                tree = _fit(rows, F.col(SEGMENT) == F.lit(s), depth, seed)
-                found[s] = [path for path, prediction in leaf_paths(tree, features) if prediction == 1]
-        else:
-            raise ValueError(f"unknown rule method {method!r}; one of {', '.join(METHODS)}")
-    finally:
-        rows.unpersist()
+    """One rule per segment (see the module docstring) from ``rows`` (``training_rows``); ``segments``
+    sorted, ``spread`` the features' standard deviations (for rounding)."""
+    values = rows[features].fillna(missing_as).to_numpy(dtype=float)  # a missing value as the model sees it
+    labels = rows[SEGMENT].to_numpy()
+    if method == "tree":
+        tree = _fit(values, labels, depth, seed)
+        found: dict[int, list] = {s: [] for s in segments}
+        for path, prediction in leaf_paths(tree, features):
+            found[prediction].append(path)
+    elif method == "per_segment":
+        found = {}
+        for s in segments:
+            tree = _fit(values, (labels == s).astype(int), depth, seed)
+            found[s] = [path for path, prediction in leaf_paths(tree, features) if prediction == 1]
+    else:
+        raise ValueError(f"unknown rule method {method!r}; one of {', '.join(METHODS)}")
     rules = []
     for s in segments:
         paths = [p for p in (simplify(path, spread) for path in found[s]) if p is not None]
@@ -402,14 +423,6 @@ def measure(assigned: DataFrame, rules: list[SegmentRule], missing_as: dict[str,
     return pd.DataFrame(rows)
 
 
-def feature_stats(assigned: DataFrame, features: list[str]) -> dict[str, float]:
-    """Standard deviation of each feature (for rounding thresholds), one small aggregate."""
-    spreads = [F.stddev_samp(F.col(f"`{c}`")).alias(f"_{i}") for i, c in enumerate(features)]
-    row = assigned.agg(*spreads).first()
-    values = [row[f"_{i}"] for i in range(len(features))]
-    return {c: float(v) if v is not None else math.nan for c, v in zip(features, values, strict=True)}
-
-
 def segment_rules(
     assigned: DataFrame,
     features: list[str],
@@ -426,14 +439,11 @@ def segment_rules(
     precision and coverage are always measured on all of them."""
     segments = sorted(names)
     sampled = rows is not None and rows > LEARN_ROWS
-    # a sample is cached: the spreads and every level of the tree read it, not all rows
-    learn_from = assigned.sample(fraction=LEARN_ROWS / rows, seed=seed).persist() if sampled else assigned
-    try:
-        spread = feature_stats(learn_from, features)
-        rules = learn_rules(learn_from, features, segments, missing_as, spread, depth, seed, method)
-    finally:
-        if sampled:
-            learn_from.unpersist()
+    learn_from = training_rows(
+        assigned.sample(fraction=LEARN_ROWS / rows, seed=seed) if sampled else assigned, features
+    )
+    spread = {c: float(learn_from[c].std(ddof=1)) for c in features}  # NaN: fewer than two values
+    rules = learn_rules(learn_from, features, segments, missing_as, spread, depth, seed, method)
     table = measure(assigned, rules, missing_as)
     table.insert(1, "segment_name", [names[s] for s in table[SEGMENT]])
     return Rules(method, depth, missing_as, table, case_sql(rules, missing_as))

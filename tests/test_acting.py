@@ -132,7 +132,8 @@ def test_the_summary_counts_outliers_and_groups(acting_run, joined):
 
 @pytest.fixture(scope="module")
 def gappy(spark, demo_data, tmp_path_factory):
-    """600 demo customers, income missing for 40 of them, income logged, and an upper-case column name."""
+    """600 demo customers, income missing for 40 of them, income logged, and an upper-case column name;
+    income, spending and age only, so that the rules' tree has income to split on."""
     folder = tmp_path_factory.mktemp("gappy")
     frame = pd.read_parquet(demo_data["customers"]).head(600).astype({"annual_income": float})
     frame.loc[frame.index[::15], "annual_income"] = np.nan
@@ -142,7 +143,7 @@ def gappy(spark, demo_data, tmp_path_factory):
         str(folder / "customers.parquet"),
         str(folder / "lake"),
         model={"k": 5},
-        features={"log": ["annual_income"]},
+        features={"numeric": ["annual_income", "spending_score", "Age"], "log": ["annual_income"]},
     )
     result = run(settings_from_dict(config), spark)
     joined = frame.merge(pd.read_parquet(f"{result.run_dir}/assignments"), on="customer_id", how="inner")
@@ -215,6 +216,51 @@ def test_rules_learned_on_a_sample_are_measured_on_every_customer(spark, monkeyp
     # the sample still shows the gaps; precision and coverage count all 30 customers of each band
     assert table["size"].tolist() == [30, 30, 30]
     assert table["precision"].tolist() == [1.0, 1.0, 1.0] and table["coverage"].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_a_large_value_with_a_small_spread_gets_a_threshold_in_its_gap(spark):
+    """A date as seconds since 1970: 1.7e9 with bands 10 seconds apart. In 32-bit floats (which the tree
+    computes in) both bands would be the same number, 128 apart at this size; the gap is 9 -> 20."""
+    base = 1_700_000_000
+    rows = [(f"c{i}", float(base + 20 * s + i % 10), s) for s in range(2) for i in range(40)]
+    frame = spark.createDataFrame(rows, "customer_id string, t double, segment int")
+    rules = segment_rules(frame, ["t"], {0: "earlier", 1: "later"}, {"t": base + 10.0}, depth=2, seed=1)
+    table = rules.table.set_index("segment")
+    assert table["precision"].tolist() == [1.0, 1.0] and table["coverage"].tolist() == [1.0, 1.0]
+    threshold = float(table.loc[0, "rule"].split()[-1])
+    assert table.loc[0, "rule"].startswith("t <= ") and base + 9 <= threshold < base + 20
+
+
+def test_a_split_whose_two_sides_say_the_same_segment_is_left_out(spark):
+    """Segment 0 everywhere in x = 0..99, segment 1 (8 customers) among it at x = 90..97. The best split
+    by Gini is x <= 89.5 (worked out by hand: 0.082 against 0.137 for x <= 97.5), and both sides are
+    mostly segment 0: the split says nothing of the segments. Segment 0's rule is TRUE, not
+    ``(x <= 89.5) OR (x > 89.5)``, and segment 1 has none."""
+    rows = [(f"a{i}", float(i), 0) for i in range(100)] + [(f"b{i}", float(90 + i), 1) for i in range(8)]
+    frame = spark.createDataFrame(rows, "customer_id string, x double, segment int")
+    rules = segment_rules(frame, ["x"], {0: "most", 1: "few"}, {"x": 50.0}, depth=1, seed=1)
+    table = rules.table.set_index("segment")
+    assert table.loc[0, "rule"] == "TRUE" and table.loc[0, "coverage"] == 1.0
+    assert table.loc[0, "precision"] == 100 / 108 and table.loc[1, "rule"] is None
+
+
+def test_a_root_almost_as_good_that_gives_every_segment_a_rule_wins(spark):
+    """Segments 0 (40 customers, z = 1), 1 (10), 2 (25), 3 (25); x splits 0 and 1 (x < 10) from 2 and 3
+    (x >= 20), y splits 0 and 2 (y < 5) from 1 and 3 (y > 5). By hand, the Gini impurity after one split
+    is 0.375 on z (segment 0 alone), 0.41 on x, 0.451 on y: a greedy tree of depth 2 takes z and then
+    y, and leaves segment 1 without a leaf (90 of 100 right). x then y classifies all 100 right."""
+    sizes = {0: 40, 1: 10, 2: 25, 3: 25}
+    rows = [
+        (f"s{s}-{i}", float(20 * (s >= 2) + i % 10), float(6 * (s % 2) + i % 4), float(s == 0), s)
+        for s, n in sizes.items()
+        for i in range(n)
+    ]
+    frame = spark.createDataFrame(rows, "customer_id string, x double, y double, z double, segment int")
+    names = {s: f"segment {s}" for s in sizes}
+    rules = segment_rules(frame, ["x", "y", "z"], names, {"x": 15.0, "y": 5.0, "z": 0.0}, depth=2, seed=1)
+    table = rules.table.set_index("segment")
+    assert table["precision"].tolist() == [1.0] * 4 and table["coverage"].tolist() == [1.0] * 4, table
+    assert all(rule.startswith("x ") for rule in table["rule"]), table["rule"].tolist()
 
 
 def test_a_segment_the_tree_cannot_reach_has_no_rule(spark):
