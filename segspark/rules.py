@@ -317,9 +317,6 @@ def _greedy(
     many of the customers it classifies right."""
     from sklearn.tree import DecisionTreeClassifier  # see job.BACKGROUND_IMPORTS
 
-    if depth == 0 or len(np.unique(labels)) < 2:
-        classes, counts = np.unique(labels, return_counts=True)
-        return Leaf(int(classes[np.argmax(counts)])), int(counts.max())
     model = DecisionTreeClassifier(max_depth=depth, random_state=seed).fit(values, labels)
     return tree_of(model.tree_, model.classes_, shift), int((model.predict(values) == labels).sum())
 
