@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,9 @@ QUIET_CDS = "-Xlog:cds=off -Xlog:cds+dynamic=off"  # no line per class the archi
 # first tier only (C1): see quick_jit
 QUICK_JIT_BYTES = 4 * 2**20
 QUICK_JIT = "-XX:TieredStopAtLevel=1"
+# Hadoop's local file system without a chmod process per new file and folder (see LocalFileSystemJar)
+LOCAL_FS_SOURCE = Path(__file__).with_name("java") / "NioLocalFileSystem.java"
+LOCAL_FS_CLASS = "segspark.hadoop.NioLocalFileSystem"
 
 
 def launched_by_spark_submit() -> bool:
@@ -120,18 +124,18 @@ class ClassArchive:
     path: Path
 
     @classmethod
-    def for_this_spark(cls) -> ClassArchive | None:
-        """The archive for this pyspark and Java; None when off or the Java is older than 17."""
+    def for_this_spark(cls, extra_jars: tuple[Path, ...] = ()) -> ClassArchive | None:
+        """The archive for this pyspark and Java, with ``extra_jars`` first on the driver's class path
+        (an archive maps only for the class path it was written with); None when off or the Java is
+        older than 17."""
         if os.environ.get(NO_CLASS_ARCHIVE, "") not in ("", "0"):
             return None
         java = _java_home()
         version = _java_version(java) if java else None
         if version is None or version < 17:
             return None
-        spark_home = Path(os.environ.get("SPARK_HOME") or Path(pyspark.__file__).parent)
-        jars = sorted(p.name for p in (spark_home / "jars").glob("*.jar"))
-        key = "|".join([pyspark.__version__, str(java.resolve()), str(version), str(spark_home), *jars])
-        return cls(CLASS_ARCHIVE_DIR / f"spark-{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsa")
+        key = "|".join([_installation_key(java, version), *(_jar_key(jar) for jar in extra_jars)])
+        return cls(CLASS_ARCHIVE_DIR / f"spark-{_digest(key)}.jsa")
 
     @property
     def part(self) -> Path:
@@ -183,6 +187,58 @@ class ClassArchive:
             old.unlink(missing_ok=True)
 
 
+@dataclass(frozen=True)
+class LocalFileSystemJar:
+    """A jar with ``NioLocalFileSystem`` (LOCAL_FS_SOURCE), Hadoop's local file system setting the
+    permissions of new files and folders through java.nio, for local sessions' ``fs.file.impl``.
+
+    Without Hadoop's native library (pyspark ships none) Hadoop starts a ``chmod`` process for every
+    file and folder it creates: about 160 in a demo run (part files, checksum files, the commit
+    protocol's temporary folders, the catalog's tables), 3-5 ms each from the driver JVM. The jar is
+    compiled once per pyspark and Java installation with the JDK's ``javac`` into CLASS_ARCHIVE_DIR;
+    without a ``javac`` (a JRE only) or a writable cache folder, sessions keep Hadoop's own.
+    """
+
+    path: Path
+
+    @classmethod
+    def for_this_spark(cls) -> LocalFileSystemJar | None:
+        java = _java_home()
+        version = _java_version(java) if java else None
+        javac = java / "bin" / "javac" if java else None
+        if version is None or not javac.exists():
+            return None
+        key = "|".join([_installation_key(java, version), LOCAL_FS_SOURCE.read_text()])
+        jar = cls(CLASS_ARCHIVE_DIR / f"hadoop-fs-{_digest(key)}.jar")
+        if not jar.path.exists():
+            try:
+                jar.compile(javac)
+            except (OSError, subprocess.SubprocessError) as exc:
+                log.info("Hadoop's local file system kept (cannot compile %s: %s)", LOCAL_FS_SOURCE.name, exc)
+                return None
+            log.info("compiled %s into %s (once)", LOCAL_FS_SOURCE.name, jar.path)
+        return jar
+
+    def compile(self, javac: Path) -> None:
+        """Compile LOCAL_FS_SOURCE against this pyspark's jars into the jar at ``path``; a jar already
+        there (another process's) is kept: the class archives of sessions that used it need it as it is."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.path.parent) as scratch:
+            classes = Path(scratch) / "classes"
+            jars = _spark_home() / "jars" / "*"
+            command = [str(javac), "-nowarn", "-cp", str(jars), "-d", str(classes), str(LOCAL_FS_SOURCE)]
+            subprocess.run(command, check=True, capture_output=True, timeout=120)
+            built = Path(scratch) / "built.jar"
+            with zipfile.ZipFile(built, "w") as archive:
+                for item in sorted(classes.rglob("*.class")):
+                    archive.write(item, item.relative_to(classes).as_posix())
+            with contextlib.suppress(FileExistsError):
+                os.link(built, self.path)  # never replaces one that is there
+
+    def conf(self) -> dict[str, str]:
+        return {"spark.driver.extraClassPath": str(self.path), "spark.hadoop.fs.file.impl": LOCAL_FS_CLASS}
+
+
 def quick_jit(input_bytes: int | None) -> bool:
     """Whether a local driver JVM for ``input_bytes`` of input compiles with C1 only.
 
@@ -215,6 +271,26 @@ def local_input_bytes(paths: list[str | None]) -> int | None:
         else:
             return None
     return total
+
+
+def _spark_home() -> Path:
+    return Path(os.environ.get("SPARK_HOME") or Path(pyspark.__file__).parent)
+
+
+def _installation_key(java: Path, version: int) -> str:
+    """What a compiled jar and a class archive belong to: this pyspark, its jars, this Java."""
+    spark_home = _spark_home()
+    jars = sorted(p.name for p in (spark_home / "jars").glob("*.jar"))
+    return "|".join([pyspark.__version__, str(java.resolve()), str(version), str(spark_home), *jars])
+
+
+def _jar_key(jar: Path) -> str:
+    """A jar as a class archive knows it: its path and when it was written."""
+    return f"{jar}@{jar.stat().st_mtime_ns}"
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def _java_home() -> Path | None:
@@ -270,7 +346,8 @@ def get_session(settings: SparkSettings, input_bytes: int | None = None) -> Spar
 def local_session(settings: SparkSettings, wanted: dict[str, str], input_bytes: int | None) -> SparkSession:
     """A new session on ``spark.master`` with LOCAL_DEFAULTS and a driver memory fit for the machine
     under the config's settings; in local mode a driver JVM from the class archive, with C1 only for a
-    small input (unless the config sets spark.driver.extraJavaOptions itself)."""
+    small input (unless the config sets spark.driver.extraJavaOptions itself), and Hadoop's local file
+    system without a chmod process per file (unless it sets the class path or ``fs.file.impl``)."""
     _create_local_folder(wanted.get("spark.eventLog.dir"))
     merged = {**local_defaults(settings.master), **wanted}
     if local_cores(settings.master) == 0:
@@ -281,10 +358,16 @@ def local_session(settings: SparkSettings, wanted: dict[str, str], input_bytes: 
             "spark.driver.memory not set: %s, a quarter of this machine's memory",
             merged["spark.driver.memory"],
         )
-    archive, archive_options = None, ""
+    archive, archive_options, jars = None, "", ()
+    own_class_path = {"spark.driver.extraClassPath", "spark.hadoop.fs.file.impl"} & wanted.keys()
+    if local_cores(settings.master) and not own_class_path:
+        local_fs = LocalFileSystemJar.for_this_spark()
+        if local_fs is not None:
+            merged |= local_fs.conf()
+            jars = (local_fs.path,)
     own_jvm_options = "spark.driver.extraJavaOptions" in wanted  # the config's stay as they are
     if local_cores(settings.master) and not own_jvm_options:
-        archive = ClassArchive.for_this_spark()
+        archive = ClassArchive.for_this_spark(jars)
         if quick_jit(input_bytes):
             log.info(
                 "input of %.1f MB: the driver JVM compiles with C1 only (%s)", input_bytes / 1e6, QUICK_JIT

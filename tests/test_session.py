@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -14,9 +15,11 @@ from segspark.cli import main
 from segspark.config import SparkSettings
 from segspark.errors import ConfigError
 from segspark.session import (
+    LOCAL_FS_CLASS,
     QUICK_JIT,
     QUICK_JIT_BYTES,
     ClassArchive,
+    LocalFileSystemJar,
     get_session,
     local_cores,
     local_defaults,
@@ -70,6 +73,18 @@ pid = spark.sparkContext._gateway.proc.pid
 with open(f"/proc/{pid}/cmdline") as cmdline, open(f"/proc/{pid}/maps") as maps:
     print(cmdline.read().replace("\\0", " "))
     print("mapped:", sorted({line.split()[-1] for line in maps if line.rstrip().endswith(".jsa")}))
+if "files" in sys.argv[1:]:  # what the local file system is, and the permissions it gives
+    jvm = spark._jvm
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    filesystem = jvm.org.apache.hadoop.fs.FileSystem.get(jvm.java.net.URI("file:///"), conf)
+    print("filesystem:", filesystem.getClass().getName())
+    folder = os.path.join(os.environ["XDG_CACHE_HOME"], "written")
+    spark.range(3).write.parquet(folder)
+    with open(os.path.join(folder, "own"), "w"):
+        pass
+    mode = jvm.org.apache.hadoop.fs.permission.FsPermission
+    filesystem.setPermission(jvm.org.apache.hadoop.fs.Path(folder, "own"), mode(0o640))
+    filesystem.setPermission(jvm.org.apache.hadoop.fs.Path(folder), mode(0o1777))
 sys.stdout.flush()
 if "killed" in sys.argv[1:]:
     os._exit(0)  # no clean end: the atexit handlers never run
@@ -85,6 +100,7 @@ def _local_jvm(cache, *args: str) -> str:
         capture_output=True,
         text=True,
         timeout=600,
+        umask=0o077,  # the JVM inherits it: files that Hadoop did not chmod would be 600
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
@@ -102,10 +118,29 @@ def test_a_local_jvm_maps_the_class_archive_only_after_one_was_written_by_a_clea
     (archive,) = folder.glob("*.jsa")
     assert archive.stat().st_size > 50 * 2**20  # Spark's classes: hundreds of MB, not a stub
 
-    mapped = _local_jvm(tmp_path, f"bytes={QUICK_JIT_BYTES - 1}")  # a small input: C1 only
+    mapped = _local_jvm(tmp_path, f"bytes={QUICK_JIT_BYTES - 1}", "files")  # a small input: C1 only
     assert f"-XX:SharedArchiveFile={archive}" in mapped and f" {QUICK_JIT} " in mapped
     (maps,) = [line for line in mapped.splitlines() if line.startswith("mapped:")]
     assert repr(str(archive)) in maps  # the JVM really maps it (besides the JDK's own archive) under C1 too
+    (jar,) = folder.glob("hadoop-fs-*.jar")  # compiled by the first session, on every session's class path
+    assert f"-cp {jar}:" in mapped and f"filesystem: {LOCAL_FS_CLASS}" in mapped
+
+    # Hadoop's permissions, whatever the process's umask (077 in _local_jvm: 600 files, 700 folders)
+    written = tmp_path / "written"
+    modes = {p.relative_to(written).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in written.rglob("*")}
+    parts = [name for name in modes if name.startswith("part-")]
+    assert parts and {modes[name] for name in parts} == {0o644}  # 666 less Hadoop's umask 022
+    assert modes[f".{parts[0]}.crc"] == 0o644 and modes["_SUCCESS"] == 0o644
+    assert modes["own"] == 0o640  # set through java.nio
+    assert stat.S_IMODE(written.stat().st_mode) == 0o1777  # the sticky bit: through chmod, as Hadoop does
+
+
+def test_without_a_javac_local_sessions_keep_hadoops_file_system(tmp_path, monkeypatch):
+    jre = tmp_path / "jre"
+    (jre / "bin").mkdir(parents=True)
+    (jre / "release").write_text('JAVA_VERSION="17.0.15"\n')
+    monkeypatch.setenv("JAVA_HOME", str(jre))
+    assert LocalFileSystemJar.for_this_spark() is None
 
 
 def test_the_class_archives_kept_are_the_ones_used_last(tmp_path):
