@@ -124,17 +124,18 @@ class ClassArchive:
     path: Path
 
     @classmethod
-    def for_this_spark(cls, extra_jars: tuple[Path, ...] = ()) -> ClassArchive | None:
-        """The archive for this pyspark and Java, with ``extra_jars`` first on the driver's class path
-        (an archive maps only for the class path it was written with); None when off or the Java is
-        older than 17."""
+    def for_this_spark(cls, first_jar: Path | None = None) -> ClassArchive | None:
+        """The archive for this pyspark and Java, with ``first_jar`` first on the driver's class path
+        (an archive maps only for the class path it was written with, the jar as it was then); None
+        when off or the Java is older than 17."""
         if os.environ.get(NO_CLASS_ARCHIVE, "") not in ("", "0"):
             return None
-        java = _java_home()
-        version = _java_version(java) if java else None
-        if version is None or version < 17:
+        java = _this_java()
+        if java is None or java[1] < 17:
             return None
-        key = "|".join([_installation_key(java, version), *(_jar_key(jar) for jar in extra_jars)])
+        key = _installation_key(*java)
+        if first_jar is not None:
+            key += f"|{first_jar}@{first_jar.stat().st_mtime_ns}"
         return cls(CLASS_ARCHIVE_DIR / f"spark-{_digest(key)}.jsa")
 
     @property
@@ -203,12 +204,11 @@ class LocalFileSystemJar:
 
     @classmethod
     def for_this_spark(cls) -> LocalFileSystemJar | None:
-        java = _java_home()
-        version = _java_version(java) if java else None
-        javac = java / "bin" / "javac" if java else None
-        if version is None or not javac.exists():
+        java = _this_java()
+        javac = java[0] / "bin" / "javac" if java else None
+        if javac is None or not javac.exists():
             return None
-        key = "|".join([_installation_key(java, version), LOCAL_FS_SOURCE.read_text()])
+        key = "|".join([_installation_key(*java), LOCAL_FS_SOURCE.read_text()])
         jar = cls(CLASS_ARCHIVE_DIR / f"hadoop-fs-{_digest(key)}.jar")
         if not jar.path.exists():
             try:
@@ -284,13 +284,15 @@ def _installation_key(java: Path, version: int) -> str:
     return "|".join([pyspark.__version__, str(java.resolve()), str(version), str(spark_home), *jars])
 
 
-def _jar_key(jar: Path) -> str:
-    """A jar as a class archive knows it: its path and when it was written."""
-    return f"{jar}@{jar.stat().st_mtime_ns}"
-
-
 def _digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _this_java() -> tuple[Path, int] | None:
+    """The Java installation pyspark launches and its major version; None when either is unknown."""
+    java = _java_home()
+    version = _java_version(java) if java else None
+    return None if version is None else (java, version)
 
 
 def _java_home() -> Path | None:
@@ -358,16 +360,15 @@ def local_session(settings: SparkSettings, wanted: dict[str, str], input_bytes: 
             "spark.driver.memory not set: %s, a quarter of this machine's memory",
             merged["spark.driver.memory"],
         )
-    archive, archive_options, jars = None, "", ()
+    archive, archive_options, local_fs = None, "", None
     own_class_path = {"spark.driver.extraClassPath", "spark.hadoop.fs.file.impl"} & wanted.keys()
     if local_cores(settings.master) and not own_class_path:
         local_fs = LocalFileSystemJar.for_this_spark()
         if local_fs is not None:
             merged |= local_fs.conf()
-            jars = (local_fs.path,)
     own_jvm_options = "spark.driver.extraJavaOptions" in wanted  # the config's stay as they are
     if local_cores(settings.master) and not own_jvm_options:
-        archive = ClassArchive.for_this_spark(jars)
+        archive = ClassArchive.for_this_spark(local_fs.path if local_fs else None)
         if quick_jit(input_bytes):
             log.info(
                 "input of %.1f MB: the driver JVM compiles with C1 only (%s)", input_bytes / 1e6, QUICK_JIT

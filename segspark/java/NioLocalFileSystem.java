@@ -34,7 +34,7 @@ public class NioLocalFileSystem extends LocalFileSystem {
     @Override
     public void setPermission(Path p, FsPermission permission) throws IOException {
       int mode = permission.toShort();
-      if ((mode & ~0777) != 0) { // the sticky bit: chmod, as Hadoop does
+      if ((mode & ~0777) != 0) { // sticky, setuid, setgid bits: chmod, as Hadoop does
         super.setPermission(p, permission);
         return;
       }
