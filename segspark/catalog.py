@@ -28,6 +28,7 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import pyspark.sql.functions as F
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -53,6 +54,7 @@ DEFAULT_DIR = "_catalog"  # under output.path
 WAREHOUSE, METASTORE = "warehouse", "metastore_db"
 HIVE = "hive"
 TEXT_FORMATS = ("csv", "json")  # output formats whose files keep no column types
+PARTITION_SECTION = "# Partition Information"  # DESCRIBE TABLE: the partition columns follow
 BACKUP_SUFFIX = ".catalog"  # _staging/<run_id>.catalog/<table>: a replaced partition, until the run is done
 
 
@@ -178,15 +180,19 @@ def catalog_tables(
         if name in manifest.outputs
     }
     text = output.format in TEXT_FORMATS
+    database_exists = spark.catalog.databaseExists(database)
+    objects = _objects(spark, database) if database_exists else {}
+    shapes = {name: _describe(spark, f"{database}.{name}") for name in TABLES if name in objects}
     for name in TABLES:  # a table of an output this run lacks loses the run id's rows of a re-run
-        _check_table(spark, f"{database}.{name}", rows.get(name), text)
-    for name in VIEWS:
-        _view_run(spark, f"{database}.{name}{LATEST}")  # refuses a view segspark did not make
+        _check_table(f"{database}.{name}", shapes.get(name), rows.get(name), text)
+    shown = {  # refuses a view segspark did not make
+        name: _view_run(spark, f"{database}.{name}{LATEST}", objects.get(f"{name}{LATEST}")) for name in VIEWS
+    }
     backups = lake.path(STAGING_DIR, f"{run_id}{BACKUP_SUFFIX}")
     lake.delete(backups)  # left by a killed attempt
     undo: list[tuple[str, Callable[[], None]]] = []
     try:
-        if not spark.catalog.databaseExists(database):
+        if not database_exists:
             undo.append(
                 (f"drop database {database}", lambda: spark.sql(f"DROP DATABASE {_quoted(database)}"))
             )
@@ -194,11 +200,11 @@ def catalog_tables(
         for name in TABLES:
             table, backup = f"{database}.{name}", f"{backups}/{name}"
             if name in rows:
-                _replace_partition(spark, table, rows[name], run_id, backup, undo)
-            elif spark.catalog.tableExists(table):
+                _replace_partition(spark, table, shapes.get(name), rows[name], run_id, backup, undo)
+            elif name in shapes:
                 _clear_partition(spark, table, run_id, backup, undo)
         for name in VIEWS:
-            _move_view(spark, f"{database}.{name}", run_id, undo)
+            _move_view(spark, f"{database}.{name}", run_id, shown[name], undo)
         yield
     except BaseException:
         for what, action in reversed(undo):
@@ -214,6 +220,50 @@ def catalog_tables(
         except Exception as exc:
             log.warning("catalog: could not remove %s: %s", backups, exc)
     log.info("catalog: run %s is in the tables of %s, and the %s views show it", run_id, database, LATEST)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """An existing table as ``DESCRIBE TABLE`` gives it: every column (partition columns too) in the
+    table's order with its SQL type (``bigint``, ``array<double>``), and the partition columns."""
+
+    columns: dict[str, str]
+    partitions: list[str]
+
+
+def _objects(spark: SparkSession, database: str) -> dict[str, str]:
+    """The tables and views of an existing database, ``VIEW`` or ``TABLE`` by name: two calls to the
+    metastore for all of them, where asking for each object (tableExists, getTable) takes one per object
+    and question."""
+    quoted = _identifier(database)
+    views = {
+        row["viewName"] for row in spark.sql(f"SHOW VIEWS IN {quoted}").collect() if not row["isTemporary"]
+    }
+    return {
+        row["tableName"]: "VIEW" if row["tableName"] in views else "TABLE"
+        for row in spark.sql(f"SHOW TABLES IN {quoted}").collect()
+        if not row["isTemporary"]
+    }
+
+
+def _describe(spark: SparkSession, table: str) -> Shape:
+    """One ``DESCRIBE TABLE``: the columns and their types, then, under ``# Partition Information`` and
+    a ``# col_name`` header, the partition columns (a view has none)."""
+    columns: dict[str, str] = {}
+    partitions: list[str] = []
+    in_partitions = False
+    for name, data_type, _ in spark.sql(f"DESCRIBE TABLE {_quoted(table)}").collect():
+        if name == PARTITION_SECTION:
+            in_partitions = True
+        elif in_partitions and name == "# col_name":
+            continue
+        elif not name or name.startswith("# "):  # another section (clustering, ...): not needed
+            break
+        elif in_partitions:
+            partitions.append(name)
+        else:
+            columns[name] = data_type
+    return Shape(columns, partitions)
 
 
 def write_partition(
@@ -242,24 +292,31 @@ def point_view(spark: SparkSession, view: str, table: str, run_id: str) -> None:
 
 
 def _replace_partition(
-    spark: SparkSession, table: str, frame: DataFrame, run_id: str, backup: str, undo: list
+    spark: SparkSession,
+    table: str,
+    shape: Shape | None,
+    frame: DataFrame,
+    run_id: str,
+    backup: str,
+    undo: list,
 ) -> None:
-    """Write ``frame`` as the table's partition ``run_id``, creating the table or adding columns first;
-    ``undo`` gets how to take it back (drop the table or the partition, or restore a replaced one)."""
-    if not spark.catalog.tableExists(table):
+    """Write ``frame`` as the table's partition ``run_id``, creating the table (``shape`` None) or adding
+    columns first; ``undo`` gets how to take it back (drop the table or the partition, or restore a
+    replaced one)."""
+    if shape is None:
         undo.append((f"drop table {table}", lambda: spark.sql(f"DROP TABLE IF EXISTS {_quoted(table)}")))
         write_partition(spark, table, frame, run_id, create=True)
         return
-    columns = set(spark.table(table).columns)
-    new = [f for f in frame.schema.fields if f.name not in columns]
+    new = [f for f in frame.schema.fields if f.name not in shape.columns]
     if new:  # a column this run has and earlier runs had not: NULL for them
         added = ", ".join(f"{_identifier(f.name)} {f.dataType.simpleString()}" for f in new)
         spark.sql(f"ALTER TABLE {_quoted(table)} ADD COLUMNS ({added})")
+        shape = _describe(spark, table)
     if not _set_aside(spark, table, run_id, backup, undo):
         undo.append(
             (f"drop partition run_id={run_id} of {table}", lambda: _drop_partition(spark, table, run_id))
         )
-    write_partition(spark, table, _aligned(frame, spark, table), run_id)
+    write_partition(spark, table, _aligned(frame, shape), run_id)
 
 
 def _clear_partition(spark: SparkSession, table: str, run_id: str, backup: str, undo: list) -> None:
@@ -272,22 +329,32 @@ def _clear_partition(spark: SparkSession, table: str, run_id: str, backup: str, 
 
 def _set_aside(spark: SparkSession, table: str, run_id: str, backup: str, undo: list) -> bool:
     """A re-run: copy the rows the table holds for ``run_id`` to ``backup`` until the run is done, and
-    give ``undo`` how to write them back. False when the table holds no rows of ``run_id``."""
-    earlier = spark.table(table).filter(F.col(RUN_ID) == F.lit(run_id)).drop(RUN_ID)
-    if not earlier.limit(1).count():
+    give ``undo`` how to write them back. False when the table has no partition ``run_id``."""
+    if not _has_partition(spark, table, run_id):
         return False
+    earlier = spark.table(table).filter(F.col(RUN_ID) == F.lit(run_id)).drop(RUN_ID)
     earlier.write.mode("overwrite").parquet(backup)
 
     def restore() -> None:
-        write_partition(spark, table, _aligned(spark.read.parquet(backup), spark, table), run_id)
+        write_partition(spark, table, _aligned(spark.read.parquet(backup), _describe(spark, table)), run_id)
 
     undo.append((f"restore partition run_id={run_id} of {table}", restore))
     return True
 
 
-def _move_view(spark: SparkSession, table: str, run_id: str, undo: list) -> None:
+def _has_partition(spark: SparkSession, table: str, run_id: str) -> bool:
+    """Whether the table has a partition ``run_id``: a question to the metastore, not a Spark job (a new
+    run id has none; run ids are unique but for a re-run)."""
+    try:
+        found = spark.sql(f"SHOW PARTITIONS {_quoted(table)} PARTITION ({RUN_ID} = {_literal(run_id)})")
+    except Exception:  # table formats without Hive-style partitions (Delta, Iceberg): look for a row
+        found = spark.table(table).filter(F.col(RUN_ID) == F.lit(run_id)).limit(1)
+    return bool(found.collect())
+
+
+def _move_view(spark: SparkSession, table: str, run_id: str, shown: str | None, undo: list) -> None:
+    """Point ``<table>_latest`` at ``run_id``; ``shown``: the run it showed (None: no such view yet)."""
     view = f"{table}{LATEST}"
-    shown = _view_run(spark, view)
     if shown is None:
         undo.append((f"drop view {view}", lambda: spark.sql(f"DROP VIEW IF EXISTS {_quoted(view)}")))
     else:
@@ -295,14 +362,17 @@ def _move_view(spark: SparkSession, table: str, run_id: str, undo: list) -> None
     point_view(spark, view, table, run_id)
 
 
-def _view_run(spark: SparkSession, view: str) -> str | None:
-    """The run a ``_latest`` view shows (None: no such view yet); refuses anything segspark did not make."""
-    if not spark.catalog.tableExists(view):
+def _view_run(spark: SparkSession, view: str, kind: str | None) -> str | None:
+    """The run a ``_latest`` view shows (``kind`` None: no such view yet, else ``VIEW`` or ``TABLE`` as
+    ``_objects`` gives it); refuses anything segspark did not make."""
+    if kind is None:
         return None
-    properties = {
-        row["key"]: row["value"] for row in spark.sql(f"SHOW TBLPROPERTIES {_quoted(view)}").collect()
-    }
-    if spark.catalog.getTable(view).tableType != "VIEW" or VIEW_RUN not in properties:
+    properties = (
+        {row["key"]: row["value"] for row in spark.sql(f"SHOW TBLPROPERTIES {_quoted(view)}").collect()}
+        if kind == "VIEW"
+        else {}
+    )
+    if VIEW_RUN not in properties:
         raise OutputError(
             f"output.catalog: {view} exists and was not made by segspark; rename or drop it, or choose "
             "another output.catalog.database"
@@ -310,22 +380,22 @@ def _view_run(spark: SparkSession, view: str) -> str | None:
     return properties[VIEW_RUN]
 
 
-def _check_table(spark: SparkSession, table: str, frame: DataFrame | None, text: bool = False) -> None:
-    """An existing table must be partitioned by run_id and hold this run's columns (``frame``; None:
-    the run has no such output) in types that fit. ``text``: the run's files are csv or json, whose
-    types Spark guessed from the values (a number column of whole numbers reads as bigint from json),
-    so a column of another type fits when every value of it converts to the table's type."""
-    if not spark.catalog.tableExists(table):
+def _check_table(table: str, shape: Shape | None, frame: DataFrame | None, text: bool = False) -> None:
+    """An existing table (``shape``; None: no such table) must be partitioned by run_id and hold this
+    run's columns (``frame``; None: the run has no such output) in types that fit. ``text``: the run's
+    files are csv or json, whose types Spark guessed from the values (a number column of whole numbers
+    reads as bigint from json), so a column of another type fits when every value of it converts to the
+    table's type."""
+    if shape is None:
         return
-    partitions = [c.name for c in spark.catalog.listColumns(table) if c.isPartition]
-    if partitions != [RUN_ID]:
+    if shape.partitions != [RUN_ID]:
         raise OutputError(
             f"output.catalog: table {table} exists but is not partitioned by {RUN_ID} alone, so segspark did "
             "not make it; rename or drop it, or choose another output.catalog.database"
         )
     if frame is None:
         return
-    types = {f.name: f.dataType for f in spark.table(table).schema.fields}
+    types = shape.columns
     unfit = [f for f in frame.schema.fields if f.name in types and not _fits(f.dataType, types[f.name])]
     if unfit and text:
         lost = frame.agg(  # values that do not convert (try_cast: NULL instead of an error under ANSI)
@@ -336,8 +406,7 @@ def _check_table(spark: SparkSession, table: str, frame: DataFrame | None, text:
         ).first()
         unfit = [f for f, n in zip(unfit, lost, strict=True) if n]
     clashes = [
-        f"{f.name} is {types[f.name].simpleString()} there and {f.dataType.simpleString()} in this run"
-        for f in unfit
+        f"{f.name} is {types[f.name]} there and {f.dataType.simpleString()} in this run" for f in unfit
     ]
     if clashes:
         raise OutputError(
@@ -346,35 +415,33 @@ def _check_table(spark: SparkSession, table: str, frame: DataFrame | None, text:
         )
 
 
-def _fits(new: T.DataType, old: T.DataType) -> bool:
-    """A value of type ``new`` can go into a column of type ``old`` without loss.
+def _fits(new: T.DataType, old: str) -> bool:
+    """A value of type ``new`` can go into a column of SQL type ``old`` without loss.
 
-    >>> _fits(T.IntegerType(), T.LongType()), _fits(T.LongType(), T.DoubleType())
+    >>> _fits(T.IntegerType(), "bigint"), _fits(T.LongType(), "double")
     (True, True)
-    >>> _fits(T.StringType(), T.LongType()), _fits(T.DoubleType(), T.LongType())
+    >>> _fits(T.StringType(), "bigint"), _fits(T.DoubleType(), "bigint")
     (False, False)
     """
-    if new.simpleString() == old.simpleString():
+    if new.simpleString() == old:
         return True
-    if isinstance(old, T.DoubleType):
+    if old == "double":
         return isinstance(new, T.NumericType)
-    return isinstance(old, T.LongType) and isinstance(new, T.IntegralType)
+    return old == "bigint" and isinstance(new, T.IntegralType)
 
 
-def _aligned(frame: DataFrame, spark: SparkSession, table: str) -> DataFrame:
+def _aligned(frame: DataFrame, shape: Shape) -> DataFrame:
     """``frame`` in the table's column order (run_id aside): cast to the table's types, NULL where absent.
     One SQL select list, not a Column per field: each of those is a call into the JVM."""
-    present = {f.name: f.dataType for f in frame.schema.fields}
+    present = {f.name: f.dataType.simpleString() for f in frame.schema.fields}
 
-    def aligned(name: str, to: T.DataType) -> str:
+    def aligned(name: str, to: str) -> str:
         if present.get(name) == to:
             return _identifier(name)
         value = _identifier(name) if name in present else "NULL"
-        return f"CAST({value} AS {to.simpleString()}) AS {_identifier(name)}"
+        return f"CAST({value} AS {to}) AS {_identifier(name)}"
 
-    return frame.selectExpr(
-        *[aligned(f.name, f.dataType) for f in spark.table(table).schema.fields if f.name != RUN_ID]
-    )
+    return frame.selectExpr(*[aligned(name, to) for name, to in shape.columns.items() if name != RUN_ID])
 
 
 def _drop_partition(spark: SparkSession, table: str, run_id: str) -> None:
@@ -407,9 +474,10 @@ def _without_empty_columns(frame: DataFrame) -> DataFrame:
     return frame.select(*[col(name) for name in frame.columns if name not in empty]) if empty else frame
 
 
-def _try_cast(name: str, to: T.DataType) -> Column:
-    """``try_cast`` of a column (a method of Column only from Spark 4.0; the SQL function in 3.5 too)."""
-    return F.expr(f"try_cast({_identifier(name)} AS {to.simpleString()})")
+def _try_cast(name: str, to: str) -> Column:
+    """``try_cast`` of a column to a SQL type (a method of Column only from Spark 4.0; the SQL function in
+    3.5 too)."""
+    return F.expr(f"try_cast({_identifier(name)} AS {to})")
 
 
 def _identifier(name: str) -> str:

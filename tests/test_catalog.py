@@ -379,13 +379,17 @@ def test_csv_and_json_files_go_into_the_tables_by_their_values_not_by_guessed_ty
     spark.createDataFrame([(4, 0.6, None)], written).write.json(as_json)
     spark.createDataFrame([("x", 0.6)], "k string, silhouette double").write.option("header", "true").csv(bad)
 
+    shape = catalog._describe(spark, table)
+    assert shape == catalog.Shape(
+        {"k": "int", "silhouette": "double", "gap": "double", "run_id": "string"}, ["run_id"]
+    )
     from_csv = catalog._staged(spark, as_csv, "csv")
     assert from_csv.columns == ["k", "silhouette"]  # gap, without a value, has no type to give the table
-    catalog._check_table(spark, table, from_csv, text=True)
+    catalog._check_table(table, shape, from_csv, text=True)
     from_json = catalog._staged(spark, as_json, "json")
     assert from_json.dtypes == [("k", "bigint"), ("silhouette", "double")]
-    catalog._check_table(spark, table, from_json, text=True)  # 4 is an int
+    catalog._check_table(table, shape, from_json, text=True)  # 4 is an int
     with pytest.raises(OutputError, match="k is int there and bigint in this run"):
-        catalog._check_table(spark, table, from_json)  # parquet files keep their types: bigint is bigint
+        catalog._check_table(table, shape, from_json)  # parquet files keep their types: bigint is bigint
     with pytest.raises(OutputError, match="k is int there and string in this run"):
-        catalog._check_table(spark, table, catalog._staged(spark, bad, "csv"), text=True)
+        catalog._check_table(table, shape, catalog._staged(spark, bad, "csv"), text=True)
