@@ -346,10 +346,10 @@ def _has_partition(spark: SparkSession, table: str, run_id: str) -> bool:
     """Whether the table has a partition ``run_id``: a question to the metastore, not a Spark job (a new
     run id has none; run ids are unique but for a re-run)."""
     try:
-        found = spark.sql(f"SHOW PARTITIONS {_quoted(table)} PARTITION ({RUN_ID} = {_literal(run_id)})")
+        query = f"SHOW PARTITIONS {_quoted(table)} PARTITION ({RUN_ID} = {_literal(run_id)})"
+        return bool(spark.sql(query).collect())
     except Exception:  # table formats without Hive-style partitions (Delta, Iceberg): look for a row
-        found = spark.table(table).filter(F.col(RUN_ID) == F.lit(run_id)).limit(1)
-    return bool(found.collect())
+        return bool(spark.table(table).filter(F.col(RUN_ID) == F.lit(run_id)).limit(1).collect())
 
 
 def _move_view(spark: SparkSession, table: str, run_id: str, shown: str | None, undo: list) -> None:

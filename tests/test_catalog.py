@@ -393,3 +393,32 @@ def test_csv_and_json_files_go_into_the_tables_by_their_values_not_by_guessed_ty
         catalog._check_table(table, shape, from_json)  # parquet files keep their types: bigint is bigint
     with pytest.raises(OutputError, match="k is int there and string in this run"):
         catalog._check_table(table, shape, catalog._staged(spark, bad, "csv"), text=True)
+
+
+def test_latest_views_are_told_apart_from_objects_segspark_did_not_make(spark):
+    """What a database holds comes from one SHOW TABLES and one SHOW VIEWS: a view segspark made shows
+    its run; a view without segspark's property, and a table under a view's name, are refused."""
+    spark.sql("CREATE DATABASE IF NOT EXISTS objects")
+    spark.createDataFrame([(1, "r1")], "k int, run_id string").write.partitionBy("run_id").saveAsTable(
+        "objects.k_metrics"
+    )
+    catalog.point_view(spark, "objects.k_metrics_latest", "objects.k_metrics", "r1")
+    spark.sql("CREATE OR REPLACE VIEW objects.profiles_latest AS SELECT * FROM objects.k_metrics")
+    spark.createDataFrame([(1,)], "k int").write.saveAsTable("objects.assignments_latest")
+
+    objects = catalog._objects(spark, "objects")
+    assert objects == {
+        "k_metrics": "TABLE",
+        "k_metrics_latest": "VIEW",
+        "profiles_latest": "VIEW",
+        "assignments_latest": "TABLE",
+    }
+    assert catalog._view_run(spark, "objects.k_metrics_latest", objects["k_metrics_latest"]) == "r1"
+    assert catalog._view_run(spark, "objects.rules_latest", objects.get("rules_latest")) is None
+    for view in ("profiles_latest", "assignments_latest"):
+        with pytest.raises(OutputError, match=f"objects.{view} exists and was not made by segspark"):
+            catalog._view_run(spark, f"objects.{view}", objects[view])
+    shape = catalog._describe(spark, "objects.k_metrics")
+    assert shape.partitions == ["run_id"] and catalog._has_partition(spark, "objects.k_metrics", "r1")
+    assert not catalog._has_partition(spark, "objects.k_metrics", "r2")
+    assert catalog._describe(spark, "objects.k_metrics_latest").partitions == []
