@@ -146,6 +146,7 @@ def test_migration_matrix_counts_customers_per_old_and_new_segment(two_runs):
     expected = pd.crosstab(first["segment"], second["segment"]).stack()
     expected = {(int(a), int(b)): int(n) for (a, b), n in expected.items() if n > 0}
     assert {(m["from"], m["to"]): m["customers"] for m in migration["matrix"]} == expected
+    assert [(m["from"], m["to"]) for m in migration["matrix"]] == sorted(expected)  # in (from, to) order
     with open(f"{two_runs[1].run_dir}/manifest.json") as file:
         manifest = json.load(file)
     assert manifest["migration"] == migration
