@@ -332,7 +332,7 @@ def _set_aside(spark: SparkSession, table: str, run_id: str, backup: str, undo: 
     give ``undo`` how to write them back. False when the table has no partition ``run_id``."""
     if not _has_partition(spark, table, run_id):
         return False
-    earlier = spark.table(table).filter(F.col(RUN_ID) == F.lit(run_id)).drop(RUN_ID)
+    earlier = _run_rows(spark, table, run_id).drop(RUN_ID)
     earlier.write.mode("overwrite").parquet(backup)
 
     def restore() -> None:
@@ -349,7 +349,12 @@ def _has_partition(spark: SparkSession, table: str, run_id: str) -> bool:
         query = f"SHOW PARTITIONS {_quoted(table)} PARTITION ({RUN_ID} = {_literal(run_id)})"
         return bool(spark.sql(query).collect())
     except Exception:  # table formats without Hive-style partitions (Delta, Iceberg): look for a row
-        return bool(spark.table(table).filter(F.col(RUN_ID) == F.lit(run_id)).limit(1).collect())
+        return bool(_run_rows(spark, table, run_id).limit(1).collect())
+
+
+def _run_rows(spark: SparkSession, table: str, run_id: str) -> DataFrame:
+    """The table's rows of run ``run_id`` (with their ``run_id``)."""
+    return spark.table(table).filter(F.col(RUN_ID) == F.lit(run_id))
 
 
 def _move_view(spark: SparkSession, table: str, run_id: str, shown: str | None, undo: list) -> None:
