@@ -422,3 +422,13 @@ def test_latest_views_are_told_apart_from_objects_segspark_did_not_make(spark):
     assert shape.partitions == ["run_id"] and catalog._has_partition(spark, "objects.k_metrics", "r1")
     assert not catalog._has_partition(spark, "objects.k_metrics", "r2")
     assert catalog._describe(spark, "objects.k_metrics_latest").partitions == []
+
+
+def test_a_table_without_hive_partitions_is_asked_for_a_runs_rows_instead(spark):
+    """SHOW PARTITIONS fails on a table whose run_id is a plain column (as in formats without Hive-style
+    partitions); whether the run is there then comes from its rows."""
+    spark.sql("CREATE DATABASE IF NOT EXISTS flat")
+    spark.createDataFrame([(1, "r1")], "k int, run_id string").write.saveAsTable("flat.k_metrics")
+    assert catalog._describe(spark, "flat.k_metrics").partitions == []
+    assert catalog._has_partition(spark, "flat.k_metrics", "r1")
+    assert not catalog._has_partition(spark, "flat.k_metrics", "r2")
