@@ -18,11 +18,14 @@ to a table stays (empty for every other run): Spark cannot drop columns of these
 
 Local mode (no spark-submit, master ``local[...]``): the session gets Hive support with an embedded
 Derby metastore and the warehouse under ``output.catalog.dir`` (``session_settings``), so the tables
-outlive the session. Elsewhere the session's own catalog is used.
+outlive the session; Derby lets one JVM at a time open it, so a run checks first that no other process
+has it open (``check_catalog_free``). Elsewhere the session's own catalog is used.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import os
 import re
@@ -52,6 +55,7 @@ LATEST = "_latest"
 VIEW_RUN = "segspark.run_id"  # the view's property naming the run it shows
 DEFAULT_DIR = "_catalog"  # under output.path
 WAREHOUSE, METASTORE = "warehouse", "metastore_db"
+DERBY_LOCK = "dbex.lck"  # in metastore_db: Derby holds a lock on it while a JVM has the database open
 HIVE = "hive"
 TEXT_FORMATS = ("csv", "json")  # output formats whose files keep no column types
 PARTITION_SECTION = "# Partition Information"  # DESCRIBE TABLE: the partition columns follow
@@ -95,6 +99,9 @@ def session_conf(settings: Settings) -> dict[str, str]:
         "spark.hadoop.javax.jdo.option.ConnectionURL": (
             f"jdbc:derby:;databaseName={os.path.join(folder, METASTORE)};create=true"
         ),
+        # one attempt to open the metastore: Hive's default is 10, 2 s apart, each logging its stack
+        # traces, and an embedded database that cannot open now will not open 2 s later
+        "spark.hadoop.hive.hmshandler.retry.attempts": "1",
     }
 
 
@@ -105,6 +112,38 @@ def session_settings(settings: Settings) -> SparkSettings:
     if not extra:
         return settings.spark
     return settings.spark.model_copy(update={"conf": {**extra, **settings.spark.conf}})
+
+
+def catalog_in_use(folder: str) -> bool:
+    """Whether a process has the Derby metastore of the embedded catalog in ``folder`` open: Derby keeps
+    an exclusive lock on ``metastore_db/dbex.lck`` while it does. A process does not see its own lock,
+    so ask before this process's JVM opens the catalog."""
+    try:
+        with open(os.path.join(folder, METASTORE, DERBY_LOCK), "rb+") as lock:
+            try:
+                fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:  # EACCES or EAGAIN: another process holds it; else, Derby will tell
+                return exc.errno in (errno.EACCES, errno.EAGAIN)
+            fcntl.lockf(lock, fcntl.LOCK_UN)
+    except OSError:  # no such file (never opened), or not ours to write: Derby will say what is wrong
+        return False
+    return False
+
+
+def check_catalog_free(settings: Settings) -> None:
+    """Before this process starts a local session with the embedded catalog: stop at once when another
+    process (a pyspark shell or notebook on it, a Spark Connect server started on it, another run) has
+    it open. Without this check, Hive tries to open it, fails, and says only that it could not
+    instantiate its metastore client, after a screenful of stack traces."""
+    if not session_conf(settings) or SparkSession.getActiveSession() is not None:
+        return
+    folder = catalog_dir(settings.output)
+    if catalog_in_use(folder):
+        raise OutputError(
+            f"output.catalog: the embedded catalog in {folder} is open in another process, and Derby lets "
+            "one at a time open it: stop that Spark session (a pyspark shell or notebook, a Spark Connect "
+            "server started on it, another run) and run again, or give this run another output.catalog.dir"
+        )
 
 
 def check_catalog(spark: SparkSession, output: OutputSettings) -> list[str]:

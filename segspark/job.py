@@ -26,7 +26,13 @@ import pyspark
 from pyspark.sql import SparkSession
 
 from segspark import __version__
-from segspark.catalog import catalog_section, catalog_tables, check_catalog, session_settings
+from segspark.catalog import (
+    catalog_section,
+    catalog_tables,
+    check_catalog,
+    check_catalog_free,
+    session_settings,
+)
 from segspark.config import Settings
 from segspark.experiment import HASH_HEX_DIGITS, OUTLIER_ACCURACY, TOLERANCE_SDS
 from segspark.history import drift_warnings
@@ -176,7 +182,9 @@ def run(settings: Settings, spark: SparkSession | None = None) -> RunResult:
     inputs = [source.path for source in (settings.input.customers, settings.input.orders) if source]
     if spark is None:
         _import_in_background(BACKGROUND_IMPORTS)
-        # with output.catalog: the embedded catalog; for a small local input, a JVM that starts quicker
+        # with output.catalog: the embedded catalog, unless another process has it open; for a small
+        # local input, a JVM that starts quicker
+        check_catalog_free(settings)
         spark = get_session(session_settings(settings), local_input_bytes(inputs))
     run_id = settings.output.run_id or new_run_id()
     lake = Lake(spark, settings.output.path)

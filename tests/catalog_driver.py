@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -203,6 +205,18 @@ def second(work: Path) -> dict:
     )
     spark.sparkContext.setLogLevel("ERROR")
     seen = {"before r3": snapshot(spark)}
+    # this session's JVM has the catalog open now: a run in another process stops before its own JVM
+    # starts, saying why (Derby lets one process at a time open it)
+    seen["in use"] = catalog.catalog_in_use(str(folder))
+    mark("a run while the catalog is open here")
+    held = subprocess.run(
+        [sys.executable, "-m", "segspark", "run", "--config", str(work / "config.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_GATEWAY")},  # not spark-submit
+    )
+    seen["held"] = {"code": held.returncode, "stdout": held.stdout, "stderr": held.stderr}
     seen["order r3"] = []
     with recording(seen["order r3"]):
         seen["summary r3"] = segspark_run(work, "r3")

@@ -301,6 +301,23 @@ def test_a_table_segspark_did_not_make_is_refused_before_any_write(lake):
 
 
 @pytest.mark.slow
+def test_a_run_stops_at_once_while_another_process_has_the_catalog_open(lake):
+    folder = lake.work / "lake" / "_catalog"
+    assert lake.second["in use"]  # the driver's JVM had it open: another process than the driver's Python
+    held = lake.second["held"]
+    assert held["code"] == 4 and held["stdout"] == ""
+    # one line, before a JVM started (no Spark log line, no Hive or Derby stack trace)
+    assert held["stderr"].splitlines() == [
+        f"segspark: error: output.catalog: the embedded catalog in {folder} is open in another process, "
+        "and Derby lets one at a time open it: stop that Spark session (a pyspark shell or notebook, a "
+        "Spark Connect server started on it, another run) and run again, or give this run another "
+        "output.catalog.dir"
+    ]
+    assert not catalog.catalog_in_use(str(folder))  # the drivers have ended: nobody has it open
+    assert (folder / "metastore_db" / catalog.DERBY_LOCK).exists()  # ... though Derby's lock file stays
+
+
+@pytest.mark.slow
 def test_history_command_and_report_show_the_segments_over_time(lake):
     text = lake.second["history text"]
     careful, young = _segment_of(lake, "r3", CAREFUL), _segment_of(lake, "r2", YOUNG)
@@ -329,6 +346,7 @@ def test_a_local_run_gets_the_embedded_catalog_under_the_lake(tmp_path):
         "spark.hadoop.javax.jdo.option.ConnectionURL": (
             f"jdbc:derby:;databaseName={tmp_path}/lake/_catalog/metastore_db;create=true"
         ),
+        "spark.hadoop.hive.hmshandler.retry.attempts": "1",
     }
     mine = settings.model_copy(
         update={"spark": settings.spark.model_copy(update={"conf": {"spark.sql.warehouse.dir": "/w"}})}
@@ -357,6 +375,13 @@ def test_the_sessions_own_catalog_is_used_on_a_cluster_under_spark_submit_and_wi
     assert session_conf(over_connect) == {}
     monkeypatch.setenv("PYSPARK_GATEWAY_PORT", "12345")  # what spark-submit hands its Python driver
     assert session_conf(_settings(catalog={"database": "segs"})) == {}
+
+
+def test_a_catalog_nobody_has_opened_is_not_in_use(tmp_path):
+    assert not catalog.catalog_in_use(str(tmp_path / "never"))  # no metastore_db at all
+    (tmp_path / "closed" / "metastore_db").mkdir(parents=True)
+    (tmp_path / "closed" / "metastore_db" / catalog.DERBY_LOCK).write_bytes(b"")  # left by a JVM that ended
+    assert not catalog.catalog_in_use(str(tmp_path / "closed"))
 
 
 def test_an_embedded_catalog_in_an_object_store_is_refused_with_the_key_to_set():
