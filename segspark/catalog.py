@@ -56,6 +56,7 @@ VIEW_RUN = "segspark.run_id"  # the view's property naming the run it shows
 DEFAULT_DIR = "_catalog"  # under output.path
 WAREHOUSE, METASTORE = "warehouse", "metastore_db"
 DERBY_LOCK = "dbex.lck"  # in metastore_db: Derby holds a lock on it while a JVM has the database open
+CONNECTION_URL = "spark.hadoop.javax.jdo.option.ConnectionURL"  # the Hive metastore's database
 HIVE = "hive"
 TEXT_FORMATS = ("csv", "json")  # output formats whose files keep no column types
 PARTITION_SECTION = "# Partition Information"  # DESCRIBE TABLE: the partition columns follow
@@ -96,9 +97,7 @@ def session_conf(settings: Settings) -> dict[str, str]:
         "spark.sql.catalogImplementation": HIVE,
         "spark.sql.warehouse.dir": os.path.join(folder, WAREHOUSE),
         # the same database as a relative "metastore_db" under -Dderby.system.home=<dir> (see the README)
-        "spark.hadoop.javax.jdo.option.ConnectionURL": (
-            f"jdbc:derby:;databaseName={os.path.join(folder, METASTORE)};create=true"
-        ),
+        CONNECTION_URL: f"jdbc:derby:;databaseName={os.path.join(folder, METASTORE)};create=true",
         # one attempt to open the metastore: Hive's default is 10, 2 s apart, each logging its stack
         # traces, and an embedded database that cannot open now will not open 2 s later
         "spark.hadoop.hive.hmshandler.retry.attempts": "1",
@@ -114,12 +113,12 @@ def session_settings(settings: Settings) -> SparkSettings:
     return settings.spark.model_copy(update={"conf": {**extra, **settings.spark.conf}})
 
 
-def catalog_in_use(folder: str) -> bool:
-    """Whether a process has the Derby metastore of the embedded catalog in ``folder`` open: Derby keeps
-    an exclusive lock on ``metastore_db/dbex.lck`` while it does. A process does not see its own lock,
-    so ask before this process's JVM opens the catalog."""
+def catalog_in_use(metastore: str) -> bool:
+    """Whether a process has the embedded Derby database ``metastore`` (a ``metastore_db`` folder) open:
+    Derby keeps an exclusive lock on its ``dbex.lck`` while it does. A process does not see its own
+    lock, so ask before this process's JVM opens the catalog."""
     try:
-        with open(os.path.join(folder, METASTORE, DERBY_LOCK), "rb+") as lock:
+        with open(os.path.join(metastore, DERBY_LOCK), "rb+") as lock:
             try:
                 fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:  # EACCES or EAGAIN: another process holds it; else, Derby will tell
@@ -133,16 +132,19 @@ def catalog_in_use(folder: str) -> bool:
 def check_catalog_free(settings: Settings) -> None:
     """Before this process starts a local session with the embedded catalog: stop at once when another
     process (a pyspark shell or notebook on it, a Spark Connect server started on it, another run) has
-    it open. Without this check, Hive tries to open it, fails, and says only that it could not
-    instantiate its metastore client, after a screenful of stack traces."""
+    its metastore open (the one ``spark.conf`` names, if it names another). Without this check, Hive
+    tries to open it, fails, and says only that it could not instantiate its metastore client, after a
+    screenful of stack traces."""
     if not session_conf(settings) or SparkSession.getActiveSession() is not None:
         return
-    folder = catalog_dir(settings.output)
-    if catalog_in_use(folder):
+    url = session_settings(settings).effective_conf().get(CONNECTION_URL, "")
+    embedded = re.match(r"jdbc:derby:;databaseName=([^;]+)", url)
+    if embedded and catalog_in_use(embedded.group(1)):
         raise OutputError(
-            f"output.catalog: the embedded catalog in {folder} is open in another process, and Derby lets "
-            "one at a time open it: stop that Spark session (a pyspark shell or notebook, a Spark Connect "
-            "server started on it, another run) and run again, or give this run another output.catalog.dir"
+            f"output.catalog: the embedded catalog's metastore {embedded.group(1)} is open in another "
+            "process, and Derby lets one at a time open it: stop that Spark session (a pyspark shell or "
+            "notebook, a Spark Connect server started on it, another run) and run again, or give this "
+            "run another output.catalog.dir"
         )
 
 

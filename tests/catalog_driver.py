@@ -207,7 +207,7 @@ def second(work: Path) -> dict:
     seen = {"before r3": snapshot(spark)}
     # this session's JVM has the catalog open now: a run in another process stops before its own JVM
     # starts, saying why (Derby lets one process at a time open it)
-    seen["in use"] = catalog.catalog_in_use(str(folder))
+    seen["in use"] = catalog.catalog_in_use(str(folder / "metastore_db"))
     mark("a run while the catalog is open here")
     held = subprocess.run(
         [sys.executable, "-m", "segspark", "run", "--config", str(work / "config.yaml")],

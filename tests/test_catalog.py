@@ -302,19 +302,19 @@ def test_a_table_segspark_did_not_make_is_refused_before_any_write(lake):
 
 @pytest.mark.slow
 def test_a_run_stops_at_once_while_another_process_has_the_catalog_open(lake):
-    folder = lake.work / "lake" / "_catalog"
+    metastore = lake.work / "lake" / "_catalog" / "metastore_db"
     assert lake.second["in use"]  # the driver's JVM had it open: another process than the driver's Python
     held = lake.second["held"]
     assert held["code"] == 4 and held["stdout"] == ""
     # one line, before a JVM started (no Spark log line, no Hive or Derby stack trace)
     assert held["stderr"].splitlines() == [
-        f"segspark: error: output.catalog: the embedded catalog in {folder} is open in another process, "
-        "and Derby lets one at a time open it: stop that Spark session (a pyspark shell or notebook, a "
-        "Spark Connect server started on it, another run) and run again, or give this run another "
-        "output.catalog.dir"
+        f"segspark: error: output.catalog: the embedded catalog's metastore {metastore} is open in another "
+        "process, and Derby lets one at a time open it: stop that Spark session (a pyspark shell or "
+        "notebook, a Spark Connect server started on it, another run) and run again, or give this run "
+        "another output.catalog.dir"
     ]
-    assert not catalog.catalog_in_use(str(folder))  # the drivers have ended: nobody has it open
-    assert (folder / "metastore_db" / catalog.DERBY_LOCK).exists()  # ... though Derby's lock file stays
+    assert not catalog.catalog_in_use(str(metastore))  # the drivers have ended: nobody has it open
+    assert (metastore / catalog.DERBY_LOCK).exists()  # ... though Derby's lock file stays
 
 
 @pytest.mark.slow
@@ -378,10 +378,49 @@ def test_the_sessions_own_catalog_is_used_on_a_cluster_under_spark_submit_and_wi
 
 
 def test_a_catalog_nobody_has_opened_is_not_in_use(tmp_path):
-    assert not catalog.catalog_in_use(str(tmp_path / "never"))  # no metastore_db at all
-    (tmp_path / "closed" / "metastore_db").mkdir(parents=True)
-    (tmp_path / "closed" / "metastore_db" / catalog.DERBY_LOCK).write_bytes(b"")  # left by a JVM that ended
-    assert not catalog.catalog_in_use(str(tmp_path / "closed"))
+    assert not catalog.catalog_in_use(str(tmp_path / "never" / "metastore_db"))  # not there at all
+    (tmp_path / "metastore_db").mkdir()
+    (tmp_path / "metastore_db" / catalog.DERBY_LOCK).write_bytes(b"")  # left by a JVM that ended
+    assert not catalog.catalog_in_use(str(tmp_path / "metastore_db"))
+
+
+def test_the_metastore_checked_is_the_one_the_session_would_open(tmp_path, monkeypatch):
+    """spark.conf may name another metastore than <dir>/metastore_db: that one is checked."""
+    mine, other = tmp_path / "lake" / "_catalog" / "metastore_db", tmp_path / "elsewhere" / "metastore_db"
+    for folder in (mine, other):
+        folder.mkdir(parents=True)
+        (folder / catalog.DERBY_LOCK).write_bytes(b"")
+    holder = subprocess.Popen(  # another process holding the lock as Derby does (fcntl, whole file)
+        [sys.executable, "-c", HOLD_LOCK, str(other / catalog.DERBY_LOCK)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        monkeypatch.setattr(catalog.SparkSession, "getActiveSession", staticmethod(lambda: None))  # a CLI run
+        catalog.check_catalog_free(_settings(path=str(tmp_path / "lake"), catalog={"database": "segs"}))
+        url = f"jdbc:derby:;databaseName={other};create=true"
+        elsewhere = settings_from_dict(
+            {
+                "input": {"customers": {"path": "x"}},
+                "spark": {"conf": {catalog.CONNECTION_URL: url}},
+                "output": {"path": str(tmp_path / "lake"), "catalog": {"database": "segs"}},
+            }
+        )
+        refused = f"^output.catalog: the embedded catalog's metastore {other} is open in another process"
+        with pytest.raises(OutputError, match=refused):
+            catalog.check_catalog_free(elsewhere)
+    finally:
+        holder.kill()
+        holder.wait()
+    catalog.check_catalog_free(elsewhere)  # its holder has ended
+
+
+HOLD_LOCK = """
+import fcntl, sys, time
+lock = open(sys.argv[1], "rb+")
+fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+print("held", flush=True)
+time.sleep(600)
+"""
 
 
 def test_an_embedded_catalog_in_an_object_store_is_refused_with_the_key_to_set():
