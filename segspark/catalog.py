@@ -57,6 +57,11 @@ DEFAULT_DIR = "_catalog"  # under output.path
 WAREHOUSE, METASTORE = "warehouse", "metastore_db"
 DERBY_LOCK = "dbex.lck"  # in metastore_db: Derby holds a lock on it while a JVM has the database open
 CONNECTION_URL = "spark.hadoop.javax.jdo.option.ConnectionURL"  # the Hive metastore's database
+HELD = (  # what to do when another process has the embedded catalog open
+    "is open in another process, and Derby lets one at a time open it: stop that Spark session (a "
+    "pyspark shell or notebook, a Spark Connect server started on it, another run) and run again, or give "
+    "this run another output.catalog.dir"
+)
 HIVE = "hive"
 TEXT_FORMATS = ("csv", "json")  # output formats whose files keep no column types
 PARTITION_SECTION = "# Partition Information"  # DESCRIBE TABLE: the partition columns follow
@@ -140,12 +145,7 @@ def check_catalog_free(settings: Settings) -> None:
     url = session_settings(settings).effective_conf().get(CONNECTION_URL, "")
     embedded = re.match(r"jdbc:derby:;databaseName=([^;]+)", url)
     if embedded and catalog_in_use(embedded.group(1)):
-        raise OutputError(
-            f"output.catalog: the embedded catalog's metastore {embedded.group(1)} is open in another "
-            "process, and Derby lets one at a time open it: stop that Spark session (a pyspark shell or "
-            "notebook, a Spark Connect server started on it, another run) and run again, or give this "
-            "run another output.catalog.dir"
-        )
+        raise OutputError(f"output.catalog: the embedded catalog's metastore {embedded.group(1)} {HELD}")
 
 
 def check_catalog(spark: SparkSession, output: OutputSettings) -> list[str]:
@@ -156,12 +156,8 @@ def check_catalog(spark: SparkSession, output: OutputSettings) -> list[str]:
     try:
         spark.catalog.databaseExists(output.catalog.database)
     except Exception as exc:
-        reason = (
-            "another Spark session has it open (embedded Derby takes one at a time); stop that session "
-            "(a pyspark shell, another run) and run again"
-            if "Another instance of Derby" in str(exc)
-            else first_line(exc)
-        )
+        # (pyspark 3.5 carries Derby's own words in the message; check_catalog_free saw it first otherwise)
+        reason = f"it {HELD}" if "Another instance of Derby" in str(exc) else first_line(exc)
         raise OutputError(
             f"output.catalog: cannot open the catalog of {output.catalog.database}: {reason}"
         ) from None
